@@ -1,0 +1,185 @@
+"""Experiment configuration: TOML -> frozen, validated dataclasses.
+
+Every key has a type and (where it matters) an allowed range or set of choices, declared next
+to its default. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from fedsparse.errors import ConfigError
+
+
+def _option(default: Any, *, low: float | None = None, high: float | None = None,
+            open_low: bool = False, choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    """A dataclass field with validation metadata (inclusive ``low``/``high`` unless ``open_low``)."""
+    return field(default=default, metadata={"low": low, "high": high, "open_low": open_low,
+                                            "choices": choices, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which interactions to train on and how to evaluate."""
+
+    name: str = _option("lastfm", doc="bundled dataset name (lastfm, gowalla) or a directory path")
+    split: str = _option("test", choices=("test", "val"),
+                         doc="test: train on train, evaluate on test; val: train on train minus "
+                             "val, evaluate on val (for tuning)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The recommender and its embedding tables."""
+
+    name: str = _option("mf", choices=("mf", "lightgcn"))
+    dim: int = _option(64, low=1, high=4096, doc="embedding dimension")
+    layers: int = _option(3, low=1, high=8, doc="LightGCN propagation layers")
+    init_std: float = _option(0.1, low=0.0, open_low=True, doc="std of the normal initialisation")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation of the BPR objective."""
+
+    epochs: int = _option(20, low=1)
+    batch_size: int = _option(2048, low=1)
+    lr: float = _option(1e-3, low=0.0, open_low=True)
+    lr_schedule: str = _option("constant", choices=("constant", "cosine"))
+    l2: float = _option(1e-4, low=0.0, doc="L2 weight on the batch's embeddings (LightGCN style)")
+    negatives: int = _option(1, low=1, high=1024, doc="negatives sampled per positive")
+    eval_every: int = _option(1, low=1, doc="evaluate every this many epochs (and at the end)")
+    eval_batch_size: int = _option(1024, low=1, doc="users scored at once during evaluation")
+    topk: int = _option(20, low=1, doc="K of Recall@K and NDCG@K")
+    threads: int = _option(0, low=0, doc="torch CPU threads; 0 keeps torch's default")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """A whole experiment: seed, data, model and training."""
+
+    name: str = _option("run", doc="run name, used in the default results directory")
+    seed: int = _option(0, low=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _check_value(key: str, kind: type, value: Any, meta: dict[str, Any]) -> Any:
+    """Return ``value`` converted to ``kind`` or raise a one-line :class:`ConfigError`."""
+    is_bool = isinstance(value, bool)
+    if kind is float and isinstance(value, int) and not is_bool:
+        value = float(value)
+    if not isinstance(value, kind) or (is_bool and kind is not bool):
+        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}; got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("open_low") else value < low):
+        bound = f"> {low}" if meta.get("open_low") else f">= {low}"
+        raise ConfigError(f"{key}: must be {bound}; got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: must be <= {high}; got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a nested dict, validating every key."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for name, fld in fields.items():
+        kind, key = hints[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(kind):
+            section = raw.get(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{key}: expected a table, got {section!r}")
+            values[name] = _build(kind, section, f"{key}.")
+        elif name in raw:
+            values[name] = _check_value(key, kind, raw[name], dict(fld.metadata))
+    return cls(**values)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Parse ``key.sub=value`` (value as a TOML literal, else a bare string)."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` override set (sections created as needed)."""
+    merged = _deep_copy(raw)
+    for assignment in overrides:
+        path, value = parse_override(assignment)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {assignment!r}: {part} is not a table")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file or key at fault.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return _build(ExperimentConfig, apply_overrides(raw, overrides or []), "")
+    except ConfigError as exc:
+        source = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{source}{exc}") from None
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The fully resolved config as a nested dict."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Write the fully resolved config as TOML (loadable again by :func:`load_config`)."""
+    path.write_text(tomli_w.dumps(config_to_dict(cfg)))

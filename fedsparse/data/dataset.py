@@ -1,0 +1,151 @@
+"""Interaction datasets: bundled LightGCN splits, directories in the same format, and stats."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from fedsparse.data.lightgcn_format import line_of_user, read_interactions
+from fedsparse.errors import DataError
+
+#: Bundled datasets and their declared sizes (ids must stay below them).
+BUNDLED_SIZES: dict[str, tuple[int, int]] = {"lastfm": (1892, 4489), "gowalla": (29858, 40981)}
+
+_SPLIT_FILES = {"train": ("train.txt",), "test": ("test.txt",), "val": ("model_val.txt", "val.txt")}
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    """Binary implicit feedback, split into what a model trains on and what it is scored on.
+
+    Attributes
+    ----------
+    train, test:
+        ``(n_users, n_items)`` CSR matrices of float32 ones. ``test`` is the evaluation target:
+        the test split, or the validation split when tuning.
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+
+    def stats(self) -> dict[str, float | int]:
+        """Users, items, train and test interactions, and density of all interactions."""
+        n_train, n_test = int(self.train.nnz), int(self.test.nnz)
+        return {"users": self.n_users, "items": self.n_items, "train_interactions": n_train,
+                "test_interactions": n_test,
+                "density": (n_train + n_test) / (self.n_users * self.n_items)}
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training interactions as parallel ``(users, items)`` int64 arrays, user-major."""
+        coo = self.train.tocoo()
+        return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+
+def _find_split_file(directory: Path, split: str) -> Path | None:
+    for base in _SPLIT_FILES[split]:
+        for candidate in (directory / base, directory / f"{base}.gz"):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _dataset_dir(name_or_path: str) -> tuple[str, Path, tuple[int, int] | None]:
+    if name_or_path in BUNDLED_SIZES:
+        bundled = Path(str(resources.files("fedsparse.data") / "bundled" / name_or_path))
+        return name_or_path, bundled, BUNDLED_SIZES[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise DataError(f"{name_or_path}: not a bundled dataset ({', '.join(BUNDLED_SIZES)}) "
+                        "nor a directory")
+    return path.name, path, _declared_sizes(path / "dataset.toml")
+
+
+def _declared_sizes(path: Path) -> tuple[int, int] | None:
+    """``(n_users, n_items)`` from an optional ``dataset.toml`` beside the split files."""
+    if not path.exists():
+        return None
+    try:
+        declared = tomllib.loads(path.read_text())
+        sizes = (declared["n_users"], declared["n_items"])
+    except (tomllib.TOMLDecodeError, KeyError) as exc:
+        raise DataError(f"{path}: expected n_users and n_items ({exc})") from None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+        raise DataError(f"{path}: n_users and n_items must be positive integers")
+    return sizes
+
+
+def _check_range(path: Path, users: np.ndarray, items: np.ndarray, n_users: int,
+                 n_items: int) -> None:
+    bad = np.flatnonzero((users >= n_users) | (items >= n_items))
+    if bad.size:
+        user, item = int(users[bad[0]]), int(items[bad[0]])
+        line = line_of_user(path, user)
+        what = f"user id {user} >= {n_users}" if user >= n_users else f"item id {item} >= {n_items}"
+        raise DataError(f"{path}:{line}: {what} (out of range)")
+
+
+def _binary_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def load_dataset(name_or_path: str, split: str = "test") -> InteractionData:
+    """Load a bundled dataset (``lastfm``, ``gowalla``) or a directory of LightGCN-format files.
+
+    A directory holds ``train.txt`` and ``test.txt`` (optionally gzip-compressed as ``.gz``) and,
+    for ``split="val"``, ``model_val.txt`` or ``val.txt``. An optional ``dataset.toml`` declares
+    ``n_users`` and ``n_items``; without it they are the largest ids seen plus one. With ``split="val"`` the model trains
+    on train minus val and is scored on val; the test file is not read.
+
+    Raises
+    ------
+    DataError
+        Missing file, malformed line, or out-of-range id; the message names file and line.
+    """
+    if split not in ("test", "val"):
+        raise DataError(f"split must be 'test' or 'val', got {split!r}")
+    name, directory, sizes = _dataset_dir(name_or_path)
+    files = {}
+    for part in ("train", split):
+        found = _find_split_file(directory, part)
+        if found is None:
+            raise DataError(f"{directory}: missing {' or '.join(_SPLIT_FILES[part])}")
+        files[part] = found
+    pairs = {part: read_interactions(path) for part, path in files.items()}
+    if sizes is None:
+        n_users = 1 + max((int(u.max()) for u, _ in pairs.values() if u.size), default=-1)
+        n_items = 1 + max((int(i.max()) for _, i in pairs.values() if i.size), default=-1)
+        if n_users == 0 or n_items == 0:
+            raise DataError(f"{directory}: no interactions")
+    else:
+        n_users, n_items = sizes
+    for part, (users, items) in pairs.items():
+        _check_range(files[part], users, items, n_users, n_items)
+    shape = (n_users, n_items)
+    train = _binary_csr(*pairs["train"], shape)
+    target = _binary_csr(*pairs[split], shape)
+    if split == "val":
+        train = _binary_csr(*_minus(train, target), shape)
+    return InteractionData(name=name, n_users=n_users, n_items=n_items, train=train, test=target)
+
+
+def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of ``a`` that are not in ``b`` (both binary)."""
+    kept = (a - a.multiply(b)).tocoo()
+    kept.eliminate_zeros()
+    return kept.row.astype(np.int64), kept.col.astype(np.int64)

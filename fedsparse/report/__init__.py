@@ -1,0 +1,1 @@
+"""Results directories, tables and plots."""

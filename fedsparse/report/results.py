@@ -1,0 +1,88 @@
+"""The results directory (DESIGN section 5): config, metrics, history, model arrays."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsparse.config import ExperimentConfig, dump_config, load_config
+from fedsparse.data import InteractionData, load_dataset
+from fedsparse.errors import FedsparseError
+from fedsparse.metrics import evaluate_embeddings
+from fedsparse.train import TrainResult
+
+
+def default_run_dir(name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``."""
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def model_arrays(result: TrainResult) -> dict[str, np.ndarray]:
+    """``user``/``item`` tables with their masks, plus the scoring vectors when they differ."""
+    with torch.no_grad():
+        tables = {name: table.detach().numpy().copy() for name, table in result.model.tables().items()}
+        user_final, item_final = result.model.final_embeddings()
+    # Dense tables: every entry is active.
+    arrays = {"user": tables["user"], "item": tables["item"],
+              "user_mask": np.ones(tables["user"].shape, dtype=bool),
+              "item_mask": np.ones(tables["item"].shape, dtype=bool)}
+    if user_final is not result.model.tables()["user"]:
+        arrays["user_final"] = user_final.detach().numpy().copy()
+        arrays["item_final"] = item_final.detach().numpy().copy()
+    return arrays
+
+
+def write_run(out_dir: Path, cfg: ExperimentConfig, data: InteractionData,
+              result: TrainResult) -> dict[str, float | int | str]:
+    """Write ``config.toml``, ``metrics.json``, ``history.csv`` and ``model.npz``; return metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out_dir / "config.toml")
+    arrays = model_arrays(result)
+    masks = (arrays["user_mask"], arrays["item_mask"])
+    model_bytes = int(arrays["user"].nbytes + arrays["item"].nbytes)
+    metrics: dict[str, float | int | str] = {
+        **result.metrics,
+        "density": float(sum(m.sum() for m in masks) / sum(m.size for m in masks)),
+        "model_bytes": model_bytes,
+        "dense_bytes": model_bytes,
+        "epochs": int(cfg.train.epochs),
+        "dataset": data.name,
+        "model": cfg.model.name,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    result.history.to_csv(out_dir / "history.csv", index=False)
+    np.savez_compressed(out_dir / "model.npz", **arrays)
+    return metrics
+
+
+def reevaluate_run(run_dir: Path) -> dict[str, float]:
+    """Re-score a results directory from ``model.npz`` alone (plus its config's dataset).
+
+    Scores are ``user_final @ item_final.T`` when the model stored them (LightGCN), else
+    ``(user * user_mask) @ (item * item_mask).T``.
+    """
+    npz_path = run_dir / "model.npz"
+    if not npz_path.exists():
+        raise FedsparseError(f"{npz_path}: not found (is {run_dir} a results directory?)")
+    cfg = load_config(run_dir / "config.toml")
+    data = load_dataset(cfg.data.name, cfg.data.split)
+    with np.load(npz_path) as model:
+        if "user_final" in model:
+            user, item = model["user_final"], model["item_final"]
+        else:
+            user, item = model["user"] * model["user_mask"], model["item"] * model["item_mask"]
+    return evaluate_embeddings(user, item, data.train, data.test, ks=(cfg.train.topk,),
+                               batch_size=cfg.train.eval_batch_size)
