@@ -1,0 +1,113 @@
+"""Turn a memory budget in bytes into the number of active entries a sparse table can hold.
+
+The answer is solved against the measure itself: for each candidate nnz a real
+:class:`~fedsparse.sparse.storage.SparseEmbeddingTable` is built, its optimizer state is
+materialised by one optimizer step on a zero gradient, and ``memory_bytes(optimizer)`` is
+compared with the budget (DESIGN section 3). Memory grows with nnz and does not depend on where
+the entries sit (only on how many there are), so a bracketing search over nnz finds the largest
+that fits. The search interpolates between the measured ends of the bracket (memory is nearly
+linear in nnz, so a few measurements suffice) and bisects whenever a step fails to halve it, so it
+never needs more than about twice the measurements of a plain bisection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsparse.errors import ConfigError
+from fedsparse.sparse.storage import SparseEmbeddingTable
+
+logger = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def spread_mask(n_rows: int, dim: int, nnz: int) -> np.ndarray:
+    """An (n_rows, dim) bool mask with ``nnz`` entries, filled column by column.
+
+    Entry (r, c) is active when ``c * n_rows + r < nnz``, so every row has at least one active
+    entry once ``nnz >= n_rows`` and row counts differ by at most one.
+    """
+    order = np.arange(dim)[None, :] * n_rows + np.arange(n_rows)[:, None]   # (n_rows, dim)
+    return order < nnz
+
+
+def table_bytes(n_rows: int, dim: int, nnz: int,
+                optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """Measured ``memory_bytes`` of an (n_rows, dim) table with ``nnz`` active entries.
+
+    Parameters
+    ----------
+    n_rows, dim, nnz:
+        Table shape and active count (``n_rows <= nnz <= n_rows * dim``).
+    optimizer:
+        Builds the optimizer whose per-value state is counted (called with the table's
+        parameters); None counts values and index only.
+    """
+    table = SparseEmbeddingTable.from_mask(spread_mask(n_rows, dim, nnz))
+    if optimizer is None:
+        return table.memory_bytes()
+    built = optimizer(table.parameters())
+    table.values.grad = torch.zeros_like(table.values)
+    built.step()
+    return table.memory_bytes(built)
+
+
+def nnz_for_budget(n_rows: int, dim: int, budget_bytes: int,
+                   optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """The largest nnz whose measured table memory fits in ``budget_bytes``.
+
+    Parameters
+    ----------
+    n_rows, dim:
+        Table shape.
+    budget_bytes:
+        Memory available for the table's values, index and optimizer state.
+    optimizer:
+        As in :func:`table_bytes` (default: Adam, two state values per active value).
+
+    Returns
+    -------
+    int
+        nnz in ``[n_rows, n_rows * dim]``: at least one active entry per row.
+
+    Raises
+    ------
+    ConfigError
+        When even one active entry per row does not fit.
+    """
+    low, high = n_rows, n_rows * dim
+    low_bytes = table_bytes(n_rows, dim, low, optimizer)
+    if low_bytes > budget_bytes:
+        raise ConfigError(f"a budget of {budget_bytes} bytes cannot hold one active entry per row "
+                          f"of a {n_rows} x {dim} table (that needs {low_bytes} bytes)")
+    high_bytes = table_bytes(n_rows, dim, high, optimizer)
+    if high_bytes <= budget_bytes:
+        return high
+    bisect = False
+    while high - low > 1:    # invariant: low fits, high does not
+        if bisect:
+            guess = (low + high) // 2
+        else:
+            guess = low + (budget_bytes - low_bytes) * (high - low) // (high_bytes - low_bytes)
+        guess = min(max(guess, low + 1), high - 1)
+        guess_bytes = table_bytes(n_rows, dim, guess, optimizer)
+        width = high - low
+        if guess_bytes <= budget_bytes:
+            low, low_bytes = guess, guess_bytes
+        else:
+            high, high_bytes = guess, guess_bytes
+        bisect = 2 * (high - low) > width
+    logger.debug("budget %d bytes -> nnz %d of %d x %d", budget_bytes, low, n_rows, dim)
+    return low
+
+
+def density_for_budget(n_rows: int, dim: int, budget_bytes: int,
+                       optimizer: OptimizerFactory | None = torch.optim.Adam) -> float:
+    """``nnz_for_budget(...) / (n_rows * dim)``: the largest density that fits the budget."""
+    return nnz_for_budget(n_rows, dim, budget_bytes, optimizer) / (n_rows * dim)

@@ -1,0 +1,248 @@
+"""Sparse embedding tables that hold only their active values and a compact index.
+
+A table of shape (n_rows, dim) at density p keeps a 1-D float32 Parameter ``values`` of its
+nnz active entries, stored row by row in ascending column order, and one of two indexes,
+whichever takes fewer bytes for the mask at hand:
+
+* ``"csr"``: ``indptr`` (n_rows + 1,) row offsets into ``values`` and ``columns`` (nnz,) in the
+  smallest integer dtype that holds ``dim - 1`` (uint8 up to dim 256, then int16, then int32);
+* ``"bitmap"``: the same ``indptr`` and ``bitmap`` (n_rows, ceil(dim / 8)) uint8, the mask packed
+  as ``np.packbits(mask, axis=1)`` packs it (most significant bit first).
+
+``indptr`` is int32 unless nnz >= 2**31. Because the order of ``values`` does not depend on the
+layout, switching layouts never reorders values. ``memory_bytes()`` sums the ``nbytes`` of the
+tensors actually held (DESIGN section 3: "Sparse storage is real").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | Tensor
+
+
+def _as_numpy(array: ArrayLike) -> np.ndarray:
+    if isinstance(array, Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def column_dtype(dim: int) -> np.dtype:
+    """The smallest integer dtype that holds every column index of a ``dim``-wide table."""
+    if dim <= 2**8:
+        return np.dtype(np.uint8)
+    if dim <= 2**15:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _unpack_bits(packed: Tensor, dim: int) -> Tensor:
+    """Invert ``np.packbits(mask, axis=-1)``: (..., ceil(dim / 8)) uint8 -> (..., dim) bool."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1        # (..., ceil(dim / 8), 8)
+    return bits.flatten(-2)[..., :dim].bool()           # (..., dim)
+
+
+class SparseEmbeddingTable(nn.Module):
+    """An (n_rows, dim) embedding table that stores only its active entries.
+
+    A new table is empty (nnz = 0); build populated ones with :meth:`from_mask` or
+    :meth:`from_dense`, and change the mask with :meth:`replace_mask`.
+
+    Parameters
+    ----------
+    n_rows, dim:
+        Table shape.
+
+    Attributes
+    ----------
+    values : nn.Parameter
+        (nnz,) float32 active values, row by row, ascending column within a row.
+    indptr : Tensor
+        (n_rows + 1,) int32 (int64 when nnz >= 2**31) offsets of each row's values.
+    columns : Tensor or None
+        (nnz,) column of each value in the ``"csr"`` layout, None in the ``"bitmap"`` layout.
+    bitmap : Tensor or None
+        (n_rows, ceil(dim / 8)) uint8 packed mask in the ``"bitmap"`` layout, None in ``"csr"``.
+    """
+
+    def __init__(self, n_rows: int, dim: int) -> None:
+        super().__init__()
+        if n_rows < 1 or dim < 1:
+            raise ValueError(f"a table needs n_rows >= 1 and dim >= 1, got ({n_rows}, {dim})")
+        self.n_rows, self.dim = n_rows, dim
+        self.values = nn.Parameter(torch.zeros(0))
+        self.register_buffer("indptr", torch.zeros(n_rows + 1, dtype=torch.int32))
+        self.register_buffer("columns", torch.from_numpy(np.zeros(0, dtype=column_dtype(dim))))
+        self.register_buffer("bitmap", None)
+
+    @classmethod
+    def from_mask(cls, mask: ArrayLike, values: ArrayLike | None = None) -> SparseEmbeddingTable:
+        """A table whose active entries are ``mask``'s True entries.
+
+        Parameters
+        ----------
+        mask:
+            (n_rows, dim) bool.
+        values:
+            Optional (n_rows, dim) dense array; the table keeps its entries at active
+            positions. Default: zeros.
+        """
+        mask = _as_numpy(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be 2-D (n_rows, dim), got shape {mask.shape}")
+        table = cls(*mask.shape)
+        table.replace_mask(mask, values)
+        return table
+
+    @classmethod
+    def from_dense(cls, dense: ArrayLike, mask: ArrayLike) -> SparseEmbeddingTable:
+        """A table holding ``dense``'s (n_rows, dim) entries where ``mask`` is True."""
+        return cls.from_mask(mask, dense)
+
+    @property
+    def nnz(self) -> int:
+        """Number of active entries."""
+        return self.values.numel()
+
+    @property
+    def density(self) -> float:
+        """Fraction of the n_rows * dim entries that are active."""
+        return self.nnz / (self.n_rows * self.dim)
+
+    @property
+    def index_layout(self) -> str:
+        """``"csr"`` or ``"bitmap"``."""
+        return "csr" if self.columns is not None else "bitmap"
+
+    def extra_repr(self) -> str:
+        return (f"n_rows={self.n_rows}, dim={self.dim}, nnz={self.nnz}, "
+                f"layout={self.index_layout}")
+
+    def replace_mask(self, new_mask: ArrayLike, new_values: ArrayLike | None = None) -> Tensor:
+        """Rebuild the storage for ``new_mask``, choosing the smaller index layout.
+
+        ``values`` stays the same Parameter object (its data and length change and its
+        ``grad`` is dropped), so an optimizer keeps referring to it; per-value optimizer
+        state must be remapped by the caller with the returned positions.
+
+        Parameters
+        ----------
+        new_mask:
+            (n_rows, dim) bool.
+        new_values:
+            Optional (n_rows, dim) dense array to take the new active values from. Default:
+            entries active before and after keep their value, newly active entries are 0.
+
+        Returns
+        -------
+        Tensor
+            (new nnz,) int64: for each new storage position, the old storage position of the
+            same entry, or -1 for a newly active entry.
+        """
+        mask = _as_numpy(new_mask)
+        if mask.shape != (self.n_rows, self.dim) or mask.dtype != np.bool_:
+            raise ValueError(f"mask must be bool of shape {(self.n_rows, self.dim)}, "
+                             f"got {mask.dtype} {mask.shape}")
+        rows, cols = np.nonzero(mask)                    # row-major: the storage order
+        previous = self._previous_positions(torch.from_numpy(rows * self.dim + cols))
+        if new_values is None:
+            values = torch.zeros(len(rows), dtype=torch.float32)
+            kept = previous >= 0
+            values[kept] = self.values.detach().cpu()[previous[kept]]
+        else:
+            dense = _as_numpy(new_values)
+            if dense.shape != mask.shape:
+                raise ValueError(f"values must have shape {mask.shape}, got {dense.shape}")
+            values = torch.from_numpy(dense[rows, cols].astype(np.float32))
+        self._store_index(mask, cols)
+        self.values.data = values.to(self.values.device)
+        self.values.grad = None
+        logger.debug("sparse table %s", self.extra_repr())
+        return previous
+
+    def _previous_positions(self, new_keys: Tensor) -> Tensor:
+        """For each (new nnz,) key ``row * dim + col``, its current storage position or -1."""
+        old_rows, old_cols = self.active_coordinates()
+        old_keys = (old_rows * self.dim + old_cols).cpu()             # sorted ascending
+        if old_keys.numel() == 0:
+            return torch.full_like(new_keys, -1)
+        slot = torch.searchsorted(old_keys, new_keys).clamp_(max=old_keys.numel() - 1)
+        return torch.where(old_keys[slot] == new_keys, slot, -1)
+
+    def _store_index(self, mask: np.ndarray, cols: np.ndarray) -> None:
+        counts = mask.sum(axis=1)
+        nnz = int(counts.sum())
+        indptr = np.zeros(self.n_rows + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        columns = cols.astype(column_dtype(self.dim))
+        bitmap = np.packbits(mask, axis=1)
+        use_csr = columns.nbytes <= bitmap.nbytes
+        device = self.values.device
+        self.indptr = torch.from_numpy(indptr).to(device)
+        self.columns = torch.from_numpy(columns).to(device) if use_csr else None
+        self.bitmap = None if use_csr else torch.from_numpy(bitmap).to(device)
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """Dense vectors of ``rows`` (B,) -> (B, dim), zero at inactive entries.
+
+        Differentiable with respect to ``values``: only the active values of the gathered rows
+        receive gradient (accumulated over repeated rows).
+        """
+        rows = rows.long()
+        starts = self.indptr[rows].long()                               # (B,)
+        counts = self.indptr[rows + 1].long() - starts                  # (B,)
+        total = int(counts.sum())
+        shift = starts - (torch.cumsum(counts, 0) - counts)             # (B,)
+        positions = (torch.arange(total, device=rows.device)
+                     + shift.repeat_interleave(counts, output_size=total))   # (T,)
+        if self.columns is not None:
+            batch = torch.arange(len(rows), device=rows.device).repeat_interleave(
+                counts, output_size=total)                              # (T,)
+            cols = self.columns[positions].long()                       # (T,)
+        else:
+            row_bits = _unpack_bits(self.bitmap[rows], self.dim)        # (B, dim)
+            batch, cols = row_bits.nonzero().unbind(1)                  # (T,), (T,)
+        out = torch.zeros(len(rows), self.dim, dtype=self.values.dtype, device=self.values.device)
+        return out.index_put((batch, cols), self.values[positions])   # (B, dim)
+
+    def to_dense(self) -> Tensor:
+        """The whole table as (n_rows, dim), differentiable with respect to ``values``."""
+        return self.gather(torch.arange(self.n_rows, device=self.values.device))
+
+    def mask(self) -> Tensor:
+        """(n_rows, dim) bool, True at active entries."""
+        if self.bitmap is not None:
+            return _unpack_bits(self.bitmap, self.dim)
+        out = torch.zeros(self.n_rows, self.dim, dtype=torch.bool, device=self.values.device)
+        out[self.active_coordinates()] = True
+        return out
+
+    def active_coordinates(self) -> tuple[Tensor, Tensor]:
+        """(rows, cols), each (nnz,) int64, of the active entries in the order of ``values``."""
+        if self.columns is None:
+            rows, cols = self.mask().nonzero().unbind(1)
+            return rows, cols
+        counts = self.indptr.diff().long()                              # (n_rows,)
+        rows = torch.arange(self.n_rows, device=counts.device).repeat_interleave(
+            counts, output_size=self.nnz)                               # (nnz,)
+        return rows, self.columns.long()
+
+    def memory_bytes(self, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Bytes of the tensors this table holds, summed from their ``nbytes``.
+
+        Counts ``values``, the index tensors of the current layout and, when ``optimizer`` is
+        given, every tensor in ``optimizer.state[self.values]`` (empty until its first step).
+        Gradients are not counted.
+        """
+        held = [self.values, *(buffer for buffer in self.buffers(recurse=False))]
+        if optimizer is not None:
+            state = optimizer.state.get(self.values, {})
+            held += [value for value in state.values() if isinstance(value, Tensor)]
+        return sum(tensor.nbytes for tensor in held)

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+
+from fedsparse.sparse import SparseEmbeddingTable, spread_mask
+
+
+def random_table(n_rows: int, dim: int, density: float, seed: int):
+    """A table from a seeded random mask with row 0 holding one entry and row 1 none."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n_rows, dim)) < density
+    mask[0] = False
+    mask[0, rng.integers(dim)] = True
+    mask[1] = False
+    dense = rng.standard_normal((n_rows, dim)).astype(np.float32)
+    return SparseEmbeddingTable.from_dense(dense, mask), mask, dense
+
+
+SHAPES = [  # (n_rows, dim, density, layout the mask should get)
+    (50, 8, 0.3, "bitmap"),
+    (37, 64, 0.05, "csr"),
+    (37, 64, 0.6, "bitmap"),
+    (20, 300, 0.03, "csr"),      # dim > 256: int16 columns
+    (15, 300, 0.9, "bitmap"),
+    (9, 1, 0.5, "csr"),
+]
+
+
+@pytest.mark.parametrize("n_rows, dim, density, layout", SHAPES)
+def test_gather_matches_dense(n_rows, dim, density, layout):
+    table, mask, dense = random_table(n_rows, dim, density, seed=n_rows * dim)
+    assert table.index_layout == layout
+    assert table.nnz == mask.sum() and table.density == pytest.approx(mask.mean())
+    assert table.values.dtype == torch.float32 and table.values.shape == (mask.sum(),)
+    np.testing.assert_array_equal(table.mask().numpy(), mask)
+    expected = torch.from_numpy(dense * mask)
+    torch.testing.assert_close(table.to_dense().detach(), expected)
+    rows = torch.randint(n_rows, (40,), generator=torch.Generator().manual_seed(dim))
+    rows[:2] = torch.tensor([0, 1])
+    torch.testing.assert_close(table.gather(rows).detach(), expected[rows])
+    row_idx, col_idx = table.active_coordinates()
+    assert mask[row_idx.numpy(), col_idx.numpy()].all()
+    torch.testing.assert_close(table.values.detach(), torch.from_numpy(dense[row_idx, col_idx]))
+
+
+def test_column_dtype_grows_with_dim():
+    for dim, dtype in [(64, torch.uint8), (256, torch.uint8), (300, torch.int16),
+                       (40000, torch.int32)]:
+        table = SparseEmbeddingTable.from_mask(spread_mask(3, dim, 3))
+        assert table.index_layout == "csr" and table.columns.dtype == dtype
+        assert table.indptr.dtype == torch.int32
+
+
+@pytest.mark.parametrize("density", [0.05, 0.6])
+def test_gradient_reaches_only_gathered_rows(density):
+    table, mask, _ = random_table(30, 64, density, seed=7)
+    rows = torch.tensor([2, 5, 5, 9, 2, 2, 0])
+    table.gather(rows).sum().backward()
+    value_rows, _ = table.active_coordinates()
+    times_gathered = torch.bincount(rows, minlength=30).float()
+    torch.testing.assert_close(table.values.grad, times_gathered[value_rows])
+    assert set(value_rows[table.values.grad != 0].tolist()) == {0, 2, 5, 9}
+
+
+def held_tensors(table, optimizer=None):
+    index = [table.indptr, table.columns if table.index_layout == "csr" else table.bitmap]
+    state = list(optimizer.state[table.values].values()) if optimizer else []
+    return [table.values, *index, *state]
+
+
+@pytest.mark.parametrize("density", [0.05, 0.6])
+def test_memory_bytes_is_the_held_tensors(density):
+    table, mask, _ = random_table(200, 64, density, seed=11)
+    expected = sum(t.numel() * t.element_size() for t in held_tensors(table))
+    assert table.memory_bytes() == expected
+    optimizer = torch.optim.Adam(table.parameters(), lr=0.1)
+    assert table.memory_bytes(optimizer) == expected          # no state before the first step
+    table.gather(torch.arange(10)).pow(2).sum().backward()
+    optimizer.step()
+    state = optimizer.state[table.values]
+    assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (table.nnz,)
+    with_state = sum(t.numel() * t.element_size() for t in held_tensors(table, optimizer))
+    assert table.memory_bytes(optimizer) == with_state
+    step_bytes = state["step"].numel() * state["step"].element_size()
+    assert with_state - expected == 8 * table.nnz + step_bytes
+
+
+@pytest.mark.parametrize("density, layout", [(0.02, "csr"), (0.1, "csr"), (0.2, "bitmap"),
+                                             (0.9, "bitmap")])
+def test_layout_is_the_smaller_index(density, layout):
+    table, mask, _ = random_table(500, 64, density, seed=3)
+    assert table.index_layout == layout
+    csr_bytes = np.nonzero(mask)[1].astype(np.uint8).nbytes
+    bitmap_bytes = np.packbits(mask, axis=1).nbytes
+    held = table.columns if layout == "csr" else table.bitmap
+    assert held.nbytes == min(csr_bytes, bitmap_bytes)
+    index_bytes = table.indptr.nbytes + min(csr_bytes, bitmap_bytes)
+    assert table.memory_bytes() == 4 * table.nnz + index_bytes
+
+
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.2, 0.5])
+def test_memory_is_near_the_floor_at_gowalla_item_size(density):
+    n_rows, dim = 40981, 64
+    nnz = round(density * n_rows * dim)
+    table = SparseEmbeddingTable.from_mask(spread_mask(n_rows, dim, nnz))
+    offsets = 4 * (n_rows + 1)
+    floor = 4 * nnz + offsets + min(nnz * 1, n_rows * dim // 8)
+    assert floor <= table.memory_bytes() <= 1.15 * floor
+
+
+def test_replace_mask_keeps_shared_values_and_maps_positions():
+    table, mask, dense = random_table(40, 64, 0.05, seed=5)
+    values = table.values
+    rng = np.random.default_rng(6)
+    new_mask = mask.copy()
+    new_mask[rng.random(mask.shape) < 0.5] = True                 # grow to a bitmap-sized mask
+    new_mask[0] = False
+    old_rows, old_cols = (t.numpy() for t in table.active_coordinates())
+    previous = table.replace_mask(new_mask)
+    assert table.values is values and table.index_layout == "bitmap"
+    np.testing.assert_array_equal(table.mask().numpy(), new_mask)
+    np.testing.assert_array_equal(table.to_dense().detach().numpy(),
+                                  np.where(mask & new_mask, dense, 0))
+    rows, cols = (t.numpy() for t in table.active_coordinates())
+    kept = previous.numpy() >= 0
+    np.testing.assert_array_equal(old_rows[previous[kept]], rows[kept])
+    np.testing.assert_array_equal(old_cols[previous[kept]], cols[kept])
+    assert (mask[rows[~kept], cols[~kept]] == 0).all()
+
+    table.replace_mask(mask, dense)                               # back to csr, explicit values
+    assert table.index_layout == "csr"
+    np.testing.assert_array_equal(table.to_dense().detach().numpy(), dense * mask)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="2-D"):
+        SparseEmbeddingTable.from_mask(np.ones(5, dtype=bool))
+    with pytest.raises(ValueError, match="shape"):
+        SparseEmbeddingTable.from_dense(np.zeros((3, 4)), np.ones((3, 5), dtype=bool))
+    with pytest.raises(ValueError, match="bool"):
+        SparseEmbeddingTable.from_mask(np.ones((3, 4), dtype=np.int64))
