@@ -30,10 +30,11 @@ def _train(args: argparse.Namespace) -> int:
         result = train_centralized(cfg, data, progress=not args.quiet)
     metrics = write_run(out_dir, cfg, data, result)
     k = cfg.train.topk
-    print(f"{cfg.name}: {cfg.model.name} on {data.name}, {cfg.train.epochs} epochs, "
-          f"{metrics['seconds_per_epoch']:.2f} s/epoch\n"
+    print(f"{cfg.name}: {cfg.model.name} ({cfg.sparse.method}) on {data.name}, "
+          f"{cfg.train.epochs} epochs, {metrics['seconds_per_epoch']:.2f} s/epoch\n"
           f"  recall@{k} {metrics[f'recall@{k}']:.4f}  ndcg@{k} {metrics[f'ndcg@{k}']:.4f}  "
           f"density {metrics['density']:.3f}  model {metrics['model_bytes'] / 2**20:.2f} MiB  "
+          f"with Adam {metrics['train_bytes'] / 2**20:.2f} MiB  "
           f"peak memory {metrics['peak_memory_mb']:.0f} MiB\n"
           f"  results: {out_dir}")
     return 0

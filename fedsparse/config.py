@@ -24,10 +24,13 @@ from fedsparse.errors import ConfigError
 
 
 def _option(default: Any, *, low: float | None = None, high: float | None = None,
-            open_low: bool = False, choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
-    """A dataclass field with validation metadata (inclusive ``low``/``high`` unless ``open_low``)."""
+            open_low: bool = False, open_high: bool = False,
+            choices: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    """A dataclass field with validation metadata (inclusive ``low``/``high`` unless
+    ``open_low``/``open_high``)."""
     return field(default=default, metadata={"low": low, "high": high, "open_low": open_low,
-                                            "choices": choices, "doc": doc})
+                                            "open_high": open_high, "choices": choices,
+                                            "doc": doc})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,15 +69,57 @@ class TrainConfig:
     threads: int = _option(0, low=0, doc="torch CPU threads; 0 keeps torch's default")
 
 
+#: Methods of ``sparse.method`` (DESIGN section 3; ``fedsparse.train.dst`` implements them).
+SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "sparserec_no_nmf",
+                  "sparserec_no_accumulation", "sparserec_no_sampling")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseConfig:
+    """Sparse embedding tables and the dynamic sparse training method that trains them."""
+
+    method: str = _option("dense", choices=SPARSE_METHODS,
+                          doc="dense: ordinary tables; static: fixed random mask; set: random "
+                              "init, drop smallest |w|, grow random; rigl: random init, grow by "
+                              "the last batch's |grad|; magnitude: train dense, prune by |w| "
+                              "after dense_fraction of the steps, fine-tune; sparserec: NMF "
+                              "init, grow by accumulated |grad|, sampled backward (LightGCN); "
+                              "sparserec_no_{nmf,accumulation,sampling}: one idea switched off")
+    density: float = _option(0.1, low=0.0, open_low=True, high=1.0,
+                             doc="fraction of each table's entries kept (not used by dense)")
+    budget_bytes: int = _option(0, low=0,
+                                doc="> 0 overrides density: bytes of both tables' values, index "
+                                    "and Adam state, split in proportion to the table sizes "
+                                    "(magnitude: of the pruned model; its dense phase is larger)")
+    update_interval: int = _option(100, low=1, doc="optimizer steps between mask updates (dT)")
+    initial_fraction: float = _option(0.3, low=0.0, high=1.0,
+                                      doc="fraction of active entries moved by the first update "
+                                          "(zeta_0, cosine decay)")
+    end_fraction: float = _option(0.75, low=0.0, open_low=True, high=1.0,
+                                  doc="mask updates stop after this fraction of the steps")
+    nmf_iterations: int = _option(20, low=1, doc="NMF iterations of the mask initialisation")
+    sample_rows: int = _option(1024, low=0,
+                               doc="rows sampled by importance per step, beyond the batch's, "
+                                   "for the sampled backward (LightGCN)")
+    dense_fraction: float = _option(0.5, low=0.0, open_low=True, high=1.0, open_high=True,
+                                    doc="magnitude: fraction of the steps trained dense")
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes > 0 and self.method == "dense":
+            raise ConfigError("sparse.budget_bytes: needs a sparse method (sparse.method is "
+                              "dense)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
-    """A whole experiment: seed, data, model and training."""
+    """A whole experiment: seed, data, model, training and sparsity."""
 
     name: str = _option("run", doc="run name, used in the default results directory")
     seed: int = _option(0, low=0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
 
 
 def _type_name(kind: type) -> str:
@@ -94,8 +139,9 @@ def _check_value(key: str, kind: type, value: Any, meta: dict[str, Any]) -> Any:
     if low is not None and (value <= low if meta.get("open_low") else value < low):
         bound = f"> {low}" if meta.get("open_low") else f">= {low}"
         raise ConfigError(f"{key}: must be {bound}; got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{key}: must be <= {high}; got {value!r}")
+    if high is not None and (value >= high if meta.get("open_high") else value > high):
+        bound = f"< {high}" if meta.get("open_high") else f"<= {high}"
+        raise ConfigError(f"{key}: must be {bound}; got {value!r}")
     return value
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedsparse.models.base import bpr_loss, l2_penalty
+from fedsparse.models.base import bpr_loss, init_table, l2_penalty
 
 
 class MF(nn.Module):
@@ -21,27 +22,48 @@ class MF(nn.Module):
         Standard deviation of the normal initialisation.
     generator:
         Seeded generator for the initialisation.
+    masks:
+        Optional ``(user_mask, item_mask)``, (n_users, dim) and (n_items, dim) bool: the tables
+        are then sparse with those active entries. Default: dense tables.
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, *, l2: float = 1e-4,
-                 init_std: float = 0.1, generator: torch.Generator | None = None) -> None:
+                 init_std: float = 0.1, generator: torch.Generator | None = None,
+                 masks: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.l2 = n_users, n_items, l2
-        self.user = nn.Parameter(torch.randn(n_users, dim, generator=generator) * init_std)
-        self.item = nn.Parameter(torch.randn(n_items, dim, generator=generator) * init_std)
+        user_mask, item_mask = masks if masks is not None else (None, None)
+        self.user_table = init_table(n_users, dim, init_std=init_std, generator=generator,
+                                     mask=user_mask)
+        self.item_table = init_table(n_items, dim, init_std=init_std, generator=generator,
+                                     mask=item_mask)
 
-    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> Tensor:
-        user_vecs = self.user[users]        # (B, d)
-        pos_vecs = self.item[pos_items]     # (B, d)
-        neg_vecs = self.item[neg_items]     # (B, N, d)
+    @property
+    def user(self) -> Tensor:
+        """Dense view of the user table, (n_users, d)."""
+        return self.user_table.to_dense()
+
+    @property
+    def item(self) -> Tensor:
+        """Dense view of the item table, (n_items, d)."""
+        return self.item_table.to_dense()
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor, *,
+             grad_rows: Tensor | None = None) -> Tensor:
+        """BPR + L2 of a batch. ``grad_rows`` is not needed: MF's gradient is already limited
+        to the batch's rows, which ``grad_rows`` always includes."""
+        batch, negatives = neg_items.shape
+        user_vecs = self.user_table(users)                                  # (B, d)
+        pos_vecs = self.item_table(pos_items)                               # (B, d)
+        neg_vecs = self.item_table(neg_items.reshape(-1)).reshape(batch, negatives, -1)  # (B, N, d)
         loss = bpr_loss(user_vecs, pos_vecs, neg_vecs)
         return loss + self.l2 * l2_penalty(user_vecs, pos_vecs, neg_vecs)
 
     def score_all(self, users: Tensor) -> Tensor:
-        return self.user[users] @ self.item.T     # (B, n_items)
+        return self.user_table(users) @ self.item_table().T     # (B, n_items)
 
     def tables(self) -> dict[str, Tensor]:
-        return {"user": self.user, "item": self.item}
+        return {"user": self.user_table.to_dense(), "item": self.item_table.to_dense()}
 
     def final_embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.user, self.item
+        return self.user_table(), self.item_table()

@@ -30,36 +30,38 @@ def peak_memory_mb() -> float:
 
 
 def model_arrays(result: TrainResult) -> dict[str, np.ndarray]:
-    """``user``/``item`` tables with their masks, plus the scoring vectors when they differ."""
+    """``user``/``item`` dense views (zeros at pruned entries) with the tables' real masks,
+    plus the scoring vectors when they differ from the tables (LightGCN)."""
+    model = result.model
     with torch.no_grad():
-        tables = {name: table.detach().numpy().copy() for name, table in result.model.tables().items()}
-        user_final, item_final = result.model.final_embeddings()
-    # Dense tables: every entry is active.
+        tables = {name: table.detach().numpy().copy() for name, table in model.tables().items()}
+        user_final, item_final = (vectors.detach().numpy().copy()
+                                  for vectors in model.final_embeddings())
     arrays = {"user": tables["user"], "item": tables["item"],
-              "user_mask": np.ones(tables["user"].shape, dtype=bool),
-              "item_mask": np.ones(tables["item"].shape, dtype=bool)}
-    if user_final is not result.model.tables()["user"]:
-        arrays["user_final"] = user_final.detach().numpy().copy()
-        arrays["item_final"] = item_final.detach().numpy().copy()
+              "user_mask": model.user_table.mask().numpy(),
+              "item_mask": model.item_table.mask().numpy()}
+    if not (np.array_equal(user_final, tables["user"])
+            and np.array_equal(item_final, tables["item"])):
+        arrays["user_final"], arrays["item_final"] = user_final, item_final
     return arrays
 
 
 def write_run(out_dir: Path, cfg: ExperimentConfig, data: InteractionData,
               result: TrainResult) -> dict[str, float | int | str]:
-    """Write ``config.toml``, ``metrics.json``, ``history.csv`` and ``model.npz``; return metrics."""
+    """Write ``config.toml``, ``metrics.json``, ``history.csv`` and ``model.npz``; return metrics.
+
+    The memory metrics (``density``, ``model_bytes``, ``train_bytes``, ``dense_bytes``) are the
+    ones training measured on the tables (see :class:`~fedsparse.train.TrainResult`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.toml")
     arrays = model_arrays(result)
-    masks = (arrays["user_mask"], arrays["item_mask"])
-    model_bytes = int(arrays["user"].nbytes + arrays["item"].nbytes)
     metrics: dict[str, float | int | str] = {
         **result.metrics,
-        "density": float(sum(m.sum() for m in masks) / sum(m.size for m in masks)),
-        "model_bytes": model_bytes,
-        "dense_bytes": model_bytes,
         "epochs": int(cfg.train.epochs),
         "dataset": data.name,
         "model": cfg.model.name,
+        "method": cfg.sparse.method,
         "peak_memory_mb": peak_memory_mb(),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """Sparse embedding storage, byte budgets, and the mask machinery of dynamic sparse training."""
 
 from fedsparse.sparse.budget import density_for_budget, nnz_for_budget, spread_mask, table_bytes
+from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
 from fedsparse.sparse.masks import (mask_nnz, nmf_masks, nmf_scores, random_mask,
                                     top_fraction_mask)
 from fedsparse.sparse.schedules import (constant_update_fraction, cosine_update_fraction,
@@ -10,8 +11,9 @@ from fedsparse.sparse.update import (GradientAccumulator, MaskUpdate, apply_upda
                                      gradient_scores, magnitude_scores, random_scores,
                                      update_mask)
 
-__all__ = ["GradientAccumulator", "MaskUpdate", "SparseEmbeddingTable", "apply_update",
-           "constant_update_fraction", "cosine_update_fraction", "density_for_budget",
-           "gradient_scores", "is_update_step", "magnitude_scores", "mask_nnz", "nmf_masks",
-           "nmf_scores", "nnz_for_budget", "random_mask", "random_scores", "spread_mask",
-           "table_bytes", "top_fraction_mask", "update_count", "update_mask"]
+__all__ = ["DenseEmbeddingTable", "EmbeddingTable", "GradientAccumulator", "MaskUpdate",
+           "SparseEmbeddingTable", "apply_update", "constant_update_fraction",
+           "cosine_update_fraction", "density_for_budget", "gradient_scores", "is_update_step",
+           "magnitude_scores", "mask_nnz", "nmf_masks", "nmf_scores", "nnz_for_budget",
+           "random_mask", "random_scores", "spread_mask", "table_bytes", "top_fraction_mask",
+           "update_count", "update_mask"]

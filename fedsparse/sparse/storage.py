@@ -189,6 +189,14 @@ class SparseEmbeddingTable(nn.Module):
         self.columns = torch.from_numpy(columns).to(device) if use_csr else None
         self.bitmap = None if use_csr else torch.from_numpy(bitmap).to(device)
 
+    def forward(self, rows: Tensor | None = None) -> Tensor:
+        """``gather(rows)``, or the whole table (``to_dense()``) when ``rows`` is None.
+
+        Modules that should be observable (forward hooks see the rows and the dense output)
+        read the table through this call.
+        """
+        return self.to_dense() if rows is None else self.gather(rows)
+
     def gather(self, rows: Tensor) -> Tensor:
         """Dense vectors of ``rows`` (B,) -> (B, dim), zero at inactive entries.
 

@@ -65,6 +65,30 @@ class GradientAccumulator:
                              f"got {tuple(dense_grad.shape)} and {tuple(mask.shape)}")
         self._sum += dense_grad.detach().abs().float().masked_fill(mask, 0.0)
 
+    def add_rows(self, rows: Tensor, row_grad: Tensor, row_mask: Tensor) -> None:
+        """Add |row_grad| at the inactive entries of some rows (a row-sparse gradient).
+
+        Equivalent to :meth:`add` with a dense gradient that is ``row_grad`` on ``rows`` and
+        zero elsewhere, when ``rows`` are distinct. A repeated row adds the |grad| of each of
+        its occurrences, so sum a step's gradient per row first to accumulate |step gradient|.
+
+        Parameters
+        ----------
+        rows:
+            (R,) int row ids.
+        row_grad:
+            (R, dim) gradient of those rows.
+        row_mask:
+            (R, dim) bool, True at the rows' active entries.
+        """
+        expected = (rows.shape[0], self._sum.shape[1])
+        if rows.ndim != 1 or row_grad.shape != expected or row_mask.shape != expected:
+            raise ValueError(f"rows (R,), row_grad and row_mask (R, {self._sum.shape[1]}) "
+                             f"expected, got {tuple(rows.shape)}, {tuple(row_grad.shape)} and "
+                             f"{tuple(row_mask.shape)}")
+        scores = row_grad.detach().abs().float().masked_fill(row_mask, 0.0)    # (R, dim)
+        self._sum.index_put_((rows.long(),), scores, accumulate=True)
+
     def scores(self) -> Tensor:
         """A copy of the (n_rows, dim) sums since the last :meth:`reset`."""
         return self._sum.clone()

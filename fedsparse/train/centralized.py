@@ -1,8 +1,13 @@
-"""Centralized BPR training with per-epoch progress and full-ranking evaluation."""
+"""Centralized BPR training with per-epoch progress and full-ranking evaluation.
+
+The embedding tables are dense or sparse as ``cfg.sparse`` says; :class:`DynamicSparsity`
+builds their masks and moves them during training (``fedsparse.train.dst``).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -16,6 +21,7 @@ from fedsparse.data.dataset import InteractionData
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import Recommender, build_model
 from fedsparse.seeding import generator_for
+from fedsparse.train.dst import DynamicSparsity, memory_metrics
 from fedsparse.train.sampling import NegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -23,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """A trained model, one history row per epoch, and the final metrics."""
+    """A trained model, one history row per epoch, and the final metrics.
+
+    ``metrics`` holds the last evaluation, ``seconds_per_epoch``, ``mask_updates`` and the
+    tables' :func:`~fedsparse.train.dst.memory_metrics` (``density``, ``model_bytes``,
+    ``train_bytes``, ``dense_bytes``).
+    """
 
     model: Recommender
     history: pd.DataFrame
@@ -45,18 +56,30 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
 
     Evaluates every ``cfg.train.eval_every`` epochs and after the last one; the final metrics
     are those of the last epoch (no selection on the evaluation split).
+
+    Raises
+    ------
+    ConfigError
+        When ``sparse.budget_bytes`` is too small for the tables.
     """
     tcfg = cfg.train
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
+    users_np, items_np = data.train_pairs()
+    users, items = torch.from_numpy(users_np), torch.from_numpy(items_np)
+    total_steps = tcfg.epochs * math.ceil(len(users) / tcfg.batch_size)
+    sparsity = DynamicSparsity(cfg.sparse, data, dim=cfg.model.dim, seed=cfg.seed,
+                               total_steps=total_steps,
+                               sampled_backward=cfg.model.name == "lightgcn")
     model = build_model(cfg.model, data, l2=tcfg.l2,
-                        generator=generator_for(cfg.seed, 0, 0, "init"))
+                        generator=generator_for(cfg.seed, 0, 0, "init"),
+                        masks=sparsity.initial_masks())
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    sparsity.attach(model, optimizer)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tcfg.epochs)
                  if tcfg.lr_schedule == "cosine" else None)
     sampler = NegativeSampler(data.train)
-    users_np, items_np = data.train_pairs()
-    users, items = torch.from_numpy(users_np), torch.from_numpy(items_np)
+    step = 0
     rows: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     bar = tqdm(range(1, tcfg.epochs + 1), desc=f"train {cfg.name}", unit="epoch",
@@ -71,13 +94,18 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
             batch = order[first:first + tcfg.batch_size]
             batch_users, batch_pos = users[batch], items[batch]
             batch_neg = sampler.sample(batch_users, tcfg.negatives, negatives_rng)
-            loss = model.loss(batch_users, batch_pos, batch_neg)
+            step += 1
+            grad_rows = sparsity.backward_rows(step, batch_users, batch_pos, batch_neg)
+            loss = model.loss(batch_users, batch_pos, batch_neg, grad_rows=grad_rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            sparsity.after_step(step)
             total_loss += loss.item() * len(batch)
         row = {"epoch": epoch, "loss": total_loss / len(order), "lr": optimizer.param_groups[0]["lr"],
-               "train_seconds": time.perf_counter() - start}
+               "train_seconds": time.perf_counter() - start,
+               "density": memory_metrics(model, optimizer)["density"],
+               "mask_updates": sparsity.updates}
         if scheduler is not None:
             scheduler.step()
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
@@ -85,10 +113,14 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
             metrics = evaluate_model(model, data, k=tcfg.topk, batch_size=tcfg.eval_batch_size)
             row.update(metrics)
         rows.append(row)
-        summary = ", ".join(f"{key} {value:.4f}" for key, value in row.items() if key != "epoch")
+        summary = ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                            for key, value in row.items() if key != "epoch")
         logger.info("epoch %d/%d: %s", epoch, tcfg.epochs, summary)
         bar.set_postfix(loss=f"{row['loss']:.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()})
+    sparsity.detach()
     history = pd.DataFrame(rows)
     final = dict(metrics)
     final["seconds_per_epoch"] = float(np.mean(history["train_seconds"]))
+    final["mask_updates"] = sparsity.updates
+    final.update(memory_metrics(model, optimizer))
     return TrainResult(model=model, history=history, metrics=final)
