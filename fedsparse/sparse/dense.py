@@ -2,7 +2,7 @@
 
 Models hold two table modules and never ask which kind they are: both have a ``values``
 Parameter, ``gather(rows)`` (also their ``forward``), ``to_dense()``, ``mask()``, ``nnz``,
-``density`` and ``memory_bytes(optimizer)``. Here every entry is active and ``values`` is the
+``density``, ``memory_bytes(optimizer)`` and ``floor_bytes()``. Here every entry is active and ``values`` is the
 (n_rows, dim) table itself.
 """
 
@@ -63,6 +63,10 @@ class DenseEmbeddingTable(nn.Module):
     def mask(self) -> Tensor:
         """(n_rows, dim) bool, all True."""
         return torch.ones(self.n_rows, self.dim, dtype=torch.bool, device=self.values.device)
+
+    def floor_bytes(self) -> int:
+        """4 bytes per value: a dense table needs no index."""
+        return 4 * self.nnz
 
     def memory_bytes(self, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Bytes of ``values`` plus, when ``optimizer`` is given, its state tensors for them."""

@@ -4,12 +4,14 @@ A table of shape (n_rows, dim) at density p keeps a 1-D float32 Parameter ``valu
 nnz active entries, stored row by row in ascending column order, and one of two indexes,
 whichever takes fewer bytes for the mask at hand:
 
-* ``"csr"``: ``indptr`` (n_rows + 1,) row offsets into ``values`` and ``columns`` (nnz,) in the
+* ``"csr"``: ``row_counts`` (n_rows,) active entries per row and ``columns`` (nnz,) in the
   smallest integer dtype that holds ``dim - 1`` (uint8 up to dim 256, then int16, then int32);
-* ``"bitmap"``: the same ``indptr`` and ``bitmap`` (n_rows, ceil(dim / 8)) uint8, the mask packed
+* ``"bitmap"``: the same ``row_counts`` and ``bitmap`` (n_rows, ceil(dim / 8)) uint8, the mask packed
   as ``np.packbits(mask, axis=1)`` packs it (most significant bit first).
 
-``indptr`` is int32 unless nnz >= 2**31. Because the order of ``values`` does not depend on the
+``row_counts`` has the smallest unsigned dtype that holds ``dim`` (uint8 up to dim 255); a lookup
+derives the rows' offsets into ``values`` from their cumulative sum, so no (n_rows + 1,) int32
+row pointer is held. Because the order of ``values`` does not depend on the
 layout, switching layouts never reorders values. ``memory_bytes()`` sums the ``nbytes`` of the
 tensors actually held (DESIGN section 3: "Sparse storage is real").
 """
@@ -64,8 +66,8 @@ class SparseEmbeddingTable(nn.Module):
     ----------
     values : nn.Parameter
         (nnz,) float32 active values, row by row, ascending column within a row.
-    indptr : Tensor
-        (n_rows + 1,) int32 (int64 when nnz >= 2**31) offsets of each row's values.
+    row_counts : Tensor
+        (n_rows,) number of active entries of each row (uint8 up to dim 255, then wider).
     columns : Tensor or None
         (nnz,) column of each value in the ``"csr"`` layout, None in the ``"bitmap"`` layout.
     bitmap : Tensor or None
@@ -78,7 +80,8 @@ class SparseEmbeddingTable(nn.Module):
             raise ValueError(f"a table needs n_rows >= 1 and dim >= 1, got ({n_rows}, {dim})")
         self.n_rows, self.dim = n_rows, dim
         self.values = nn.Parameter(torch.zeros(0))
-        self.register_buffer("indptr", torch.zeros(n_rows + 1, dtype=torch.int32))
+        self.register_buffer("row_counts",
+                             torch.from_numpy(np.zeros(n_rows, dtype=np.min_scalar_type(dim))))
         self.register_buffer("columns", torch.from_numpy(np.zeros(0, dtype=column_dtype(dim))))
         self.register_buffer("bitmap", None)
 
@@ -177,15 +180,12 @@ class SparseEmbeddingTable(nn.Module):
         return torch.where(old_keys[slot] == new_keys, slot, -1)
 
     def _store_index(self, mask: np.ndarray, cols: np.ndarray) -> None:
-        counts = mask.sum(axis=1)
-        nnz = int(counts.sum())
-        indptr = np.zeros(self.n_rows + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        counts = mask.sum(axis=1).astype(np.min_scalar_type(self.dim))
         columns = cols.astype(column_dtype(self.dim))
         bitmap = np.packbits(mask, axis=1)
         use_csr = columns.nbytes <= bitmap.nbytes
         device = self.values.device
-        self.indptr = torch.from_numpy(indptr).to(device)
+        self.row_counts = torch.from_numpy(counts).to(device)
         self.columns = torch.from_numpy(columns).to(device) if use_csr else None
         self.bitmap = None if use_csr else torch.from_numpy(bitmap).to(device)
 
@@ -204,8 +204,9 @@ class SparseEmbeddingTable(nn.Module):
         receive gradient (accumulated over repeated rows).
         """
         rows = rows.long()
-        starts = self.indptr[rows].long()                               # (B,)
-        counts = self.indptr[rows + 1].long() - starts                  # (B,)
+        all_counts = self.row_counts.long()                             # (n_rows,)
+        starts = (torch.cumsum(all_counts, 0) - all_counts)[rows]        # (B,)
+        counts = all_counts[rows]                                       # (B,)
         total = int(counts.sum())
         shift = starts - (torch.cumsum(counts, 0) - counts)             # (B,)
         positions = (torch.arange(total, device=rows.device)
@@ -237,10 +238,17 @@ class SparseEmbeddingTable(nn.Module):
         if self.columns is None:
             rows, cols = self.mask().nonzero().unbind(1)
             return rows, cols
-        counts = self.indptr.diff().long()                              # (n_rows,)
+        counts = self.row_counts.long()                                 # (n_rows,)
         rows = torch.arange(self.n_rows, device=counts.device).repeat_interleave(
             counts, output_size=self.nnz)                               # (nnz,)
         return rows, self.columns.long()
+
+    def floor_bytes(self) -> int:
+        """The reference floor that :meth:`memory_bytes` is judged against: 4 bytes per active
+        value plus the smaller bare index (column ids or bitmap, no per-row counts)."""
+        columns = self.nnz * column_dtype(self.dim).itemsize
+        bitmap = self.n_rows * -(-self.dim // 8)
+        return 4 * self.nnz + min(columns, bitmap)
 
     def memory_bytes(self, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Bytes of the tensors this table holds, summed from their ``nbytes``.

@@ -1,5 +1,6 @@
 """Training loops (plain PyTorch, no Flower)."""
 
-from fedsparse.train.centralized import TrainResult, evaluate_model, train_centralized
+from fedsparse.train.centralized import (TrainResult, build_training, evaluate_model,
+                                         train_centralized, train_step)
 
-__all__ = ["TrainResult", "evaluate_model", "train_centralized"]
+__all__ = ["TrainResult", "build_training", "evaluate_model", "train_centralized", "train_step"]

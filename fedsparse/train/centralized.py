@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from fedsparse.config import ExperimentConfig
@@ -50,6 +51,37 @@ def evaluate_model(model: Recommender, data: InteractionData, *, k: int,
                                batch_size=batch_size)
 
 
+def build_training(cfg: ExperimentConfig,
+                   data: InteractionData) -> tuple[Recommender, torch.optim.Optimizer, DynamicSparsity]:
+    """The model (with its initial masks), its Adam optimizer and the DST controller."""
+    steps_per_epoch = math.ceil(data.train.nnz / cfg.train.batch_size)
+    sparsity = DynamicSparsity(cfg.sparse, data, dim=cfg.model.dim, seed=cfg.seed,
+                               total_steps=cfg.train.epochs * steps_per_epoch,
+                               sampled_backward=cfg.model.name == "lightgcn")
+    model = build_model(cfg.model, data, l2=cfg.train.l2,
+                        generator=generator_for(cfg.seed, 0, 0, "init"),
+                        masks=sparsity.initial_masks())
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    sparsity.attach(model, optimizer)
+    return model, optimizer, sparsity
+
+
+def train_step(model: Recommender, optimizer: torch.optim.Optimizer, sparsity: DynamicSparsity,
+               step: int, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> float:
+    """One optimizer step (number ``step``, from 1) on a batch; returns the batch loss.
+
+    ``users``, ``pos_items`` (B,) and ``neg_items`` (B, N). The DST controller chooses the rows
+    that get gradient before the step and observes, prunes or regrows after it.
+    """
+    grad_rows = sparsity.backward_rows(step, users, pos_items, neg_items)
+    loss = model.loss(users, pos_items, neg_items, grad_rows=grad_rows)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    sparsity.after_step(step)
+    return loss.item()
+
+
 def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
                       progress: bool = True) -> TrainResult:
     """Train ``cfg.model`` on ``data`` with BPR for ``cfg.train.epochs`` epochs.
@@ -67,15 +99,7 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
         torch.set_num_threads(tcfg.threads)
     users_np, items_np = data.train_pairs()
     users, items = torch.from_numpy(users_np), torch.from_numpy(items_np)
-    total_steps = tcfg.epochs * math.ceil(len(users) / tcfg.batch_size)
-    sparsity = DynamicSparsity(cfg.sparse, data, dim=cfg.model.dim, seed=cfg.seed,
-                               total_steps=total_steps,
-                               sampled_backward=cfg.model.name == "lightgcn")
-    model = build_model(cfg.model, data, l2=tcfg.l2,
-                        generator=generator_for(cfg.seed, 0, 0, "init"),
-                        masks=sparsity.initial_masks())
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    sparsity.attach(model, optimizer)
+    model, optimizer, sparsity = build_training(cfg, data)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tcfg.epochs)
                  if tcfg.lr_schedule == "cosine" else None)
     sampler = NegativeSampler(data.train)
@@ -95,13 +119,8 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
             batch_users, batch_pos = users[batch], items[batch]
             batch_neg = sampler.sample(batch_users, tcfg.negatives, negatives_rng)
             step += 1
-            grad_rows = sparsity.backward_rows(step, batch_users, batch_pos, batch_neg)
-            loss = model.loss(batch_users, batch_pos, batch_neg, grad_rows=grad_rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sparsity.after_step(step)
-            total_loss += loss.item() * len(batch)
+            loss = train_step(model, optimizer, sparsity, step, batch_users, batch_pos, batch_neg)
+            total_loss += loss * len(batch)
         row = {"epoch": epoch, "loss": total_loss / len(order), "lr": optimizer.param_groups[0]["lr"],
                "train_seconds": time.perf_counter() - start,
                "density": memory_metrics(model, optimizer)["density"],

@@ -135,14 +135,15 @@ def memory_metrics(model: Recommender, optimizer: torch.optim.Optimizer) -> dict
     dict
         ``density`` (active entries / all entries), ``model_bytes`` (values and index),
         ``train_bytes`` (plus ``optimizer``'s state for them), ``dense_bytes`` (float32 n x d
-        of both tables).
+        of both tables), ``floor_bytes`` (4 bytes per active value plus the smallest bare index).
     """
     tables = list(model_tables(model).values())
     size = sum(table.n_rows * table.dim for table in tables)
     return {"density": sum(table.nnz for table in tables) / size,
             "model_bytes": sum(table.memory_bytes() for table in tables),
             "train_bytes": sum(table.memory_bytes(optimizer) for table in tables),
-            "dense_bytes": 4 * size}
+            "dense_bytes": 4 * size,
+            "floor_bytes": sum(table.floor_bytes() for table in tables)}
 
 
 class RowGradientRecorder:

@@ -48,7 +48,7 @@ def test_column_dtype_grows_with_dim():
                        (40000, torch.int32)]:
         table = SparseEmbeddingTable.from_mask(spread_mask(3, dim, 3))
         assert table.index_layout == "csr" and table.columns.dtype == dtype
-        assert table.indptr.dtype == torch.int32
+        assert table.row_counts.dtype == (torch.uint8 if dim < 256 else torch.uint16)
 
 
 @pytest.mark.parametrize("density", [0.05, 0.6])
@@ -63,7 +63,7 @@ def test_gradient_reaches_only_gathered_rows(density):
 
 
 def held_tensors(table, optimizer=None):
-    index = [table.indptr, table.columns if table.index_layout == "csr" else table.bitmap]
+    index = [table.row_counts, table.columns if table.index_layout == "csr" else table.bitmap]
     state = list(optimizer.state[table.values].values()) if optimizer else []
     return [table.values, *index, *state]
 
@@ -94,7 +94,7 @@ def test_layout_is_the_smaller_index(density, layout):
     bitmap_bytes = np.packbits(mask, axis=1).nbytes
     held = table.columns if layout == "csr" else table.bitmap
     assert held.nbytes == min(csr_bytes, bitmap_bytes)
-    index_bytes = table.indptr.nbytes + min(csr_bytes, bitmap_bytes)
+    index_bytes = table.row_counts.nbytes + min(csr_bytes, bitmap_bytes)
     assert table.memory_bytes() == 4 * table.nnz + index_bytes
 
 
@@ -103,8 +103,9 @@ def test_memory_is_near_the_floor_at_gowalla_item_size(density):
     n_rows, dim = 40981, 64
     nnz = round(density * n_rows * dim)
     table = SparseEmbeddingTable.from_mask(spread_mask(n_rows, dim, nnz))
-    offsets = 4 * (n_rows + 1)
-    floor = 4 * nnz + offsets + min(nnz * 1, n_rows * dim // 8)
+    # The floor: 4 bytes per active value plus the smaller of the two bare indexes.
+    floor = 4 * nnz + min(nnz * 1, n_rows * dim // 8)
+    assert table.floor_bytes() == floor
     assert floor <= table.memory_bytes() <= 1.15 * floor
 
 
