@@ -7,6 +7,6 @@ here=simulations/centralized_baselines
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(lastfm_mf lastfm_lightgcn gowalla_mf gowalla_lightgcn)
 for run in "${runs[@]}"; do
-  fedsparse train "configs/centralized/$run.toml" --out "$here/results/$run" --quiet
+  fedsparse train "configs/centralized/$run.toml" --out "$here/results/$run" --quiet --set train.threads=1
 done
 python "$here/report.py"
