@@ -33,6 +33,8 @@ METHODS = ("sparserec", "sparserec_no_sampling")
 def step_seconds(overrides: list[str], method: str, steps: int, warmup: int) -> list[float]:
     """Wall seconds of ``steps`` training steps of ``method`` after ``warmup`` untimed ones."""
     cfg = load_config(None, [*overrides, f"sparse.method={method}"])
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     data = load_dataset(cfg.data.name)
     model, optimizer, sparsity = build_training(cfg, data)
     sampler = NegativeSampler(data.train)
