@@ -59,6 +59,15 @@ def init_table(n_rows: int, dim: int, *, init_std: float, generator: torch.Gener
     return SparseEmbeddingTable.from_dense(values, mask)
 
 
+def init_tables(n_users: int, n_items: int, dim: int, *, init_std: float,
+                generator: torch.Generator | None,
+                masks: tuple[np.ndarray, np.ndarray] | None) -> tuple[EmbeddingTable, EmbeddingTable]:
+    """The user and item tables (:func:`init_table`), sparse when ``masks`` (user, item) is given."""
+    user_mask, item_mask = masks if masks is not None else (None, None)
+    return (init_table(n_users, dim, init_std=init_std, generator=generator, mask=user_mask),
+            init_table(n_items, dim, init_std=init_std, generator=generator, mask=item_mask))
+
+
 def bpr_loss(user_vecs: Tensor, pos_vecs: Tensor, neg_vecs: Tensor) -> Tensor:
     """Mean BPR loss ``softplus(s_neg - s_pos)`` over positives and their N negatives.
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from fedsparse.models.base import bpr_loss, init_table, l2_penalty
+from fedsparse.models.base import bpr_loss, init_tables, l2_penalty
 from fedsparse.sparse.sampled import induced_adjacency
 
 
@@ -100,24 +100,12 @@ class LightGCN(nn.Module):
         super().__init__()
         self.n_users, self.n_items = train.shape
         self.layers, self.l2 = layers, l2
-        user_mask, item_mask = masks if masks is not None else (None, None)
-        self.user_table = init_table(self.n_users, dim, init_std=init_std, generator=generator,
-                                     mask=user_mask)
-        self.item_table = init_table(self.n_items, dim, init_std=init_std, generator=generator,
-                                     mask=item_mask)
+        self.user_table, self.item_table = init_tables(self.n_users, self.n_items, dim,
+                                                       init_std=init_std, generator=generator,
+                                                       masks=masks)
         self.adjacency = normalized_adjacency_csr(train)
         self.register_buffer("graph", normalized_adjacency(train), persistent=False)
         self.register_buffer("graph_csr", csr_tensor(self.adjacency), persistent=False)
-
-    @property
-    def user(self) -> Tensor:
-        """Dense view of the user table (ego embeddings), (n_users, d)."""
-        return self.user_table.to_dense()
-
-    @property
-    def item(self) -> Tensor:
-        """Dense view of the item table (ego embeddings), (n_items, d)."""
-        return self.item_table.to_dense()
 
     def _ego(self) -> Tensor:
         return torch.cat([self.user_table(), self.item_table()])           # (U + I, d)

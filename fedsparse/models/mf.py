@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedsparse.models.base import bpr_loss, init_table, l2_penalty
+from fedsparse.models.base import bpr_loss, init_tables, l2_penalty
 
 
 class MF(nn.Module):
@@ -32,21 +32,8 @@ class MF(nn.Module):
                  masks: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__()
         self.n_users, self.n_items, self.l2 = n_users, n_items, l2
-        user_mask, item_mask = masks if masks is not None else (None, None)
-        self.user_table = init_table(n_users, dim, init_std=init_std, generator=generator,
-                                     mask=user_mask)
-        self.item_table = init_table(n_items, dim, init_std=init_std, generator=generator,
-                                     mask=item_mask)
-
-    @property
-    def user(self) -> Tensor:
-        """Dense view of the user table, (n_users, d)."""
-        return self.user_table.to_dense()
-
-    @property
-    def item(self) -> Tensor:
-        """Dense view of the item table, (n_items, d)."""
-        return self.item_table.to_dense()
+        self.user_table, self.item_table = init_tables(n_users, n_items, dim, init_std=init_std,
+                                                       generator=generator, masks=masks)
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor, *,
              grad_rows: Tensor | None = None) -> Tensor:
