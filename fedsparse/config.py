@@ -95,6 +95,9 @@ class SparseConfig:
     initial_fraction: float = _option(0.3, low=0.0, high=1.0,
                                       doc="fraction of active entries moved by the first update "
                                           "(zeta_0, cosine decay)")
+    schedule: str = _option("cosine", choices=("cosine", "constant"),
+                            doc="how the moved fraction changes over updates: RigL's cosine "
+                                "decay from initial_fraction to 0, or constant")
     end_fraction: float = _option(0.75, low=0.0, open_low=True, high=1.0,
                                   doc="mask updates stop after this fraction of the steps")
     nmf_iterations: int = _option(20, low=1, doc="NMF iterations of the mask initialisation")

@@ -46,10 +46,10 @@ from fedsparse.errors import ConfigError
 from fedsparse.models import Recommender
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import (EmbeddingTable, GradientAccumulator, SparseEmbeddingTable,
-                              apply_update, cosine_update_fraction, density_for_budget,
-                              gradient_scores, is_update_step, magnitude_scores, nmf_masks,
-                              random_mask, random_scores, top_fraction_mask, update_count,
-                              update_mask)
+                              apply_update, constant_update_fraction, cosine_update_fraction,
+                              density_for_budget, gradient_scores, is_update_step,
+                              magnitude_scores, nmf_masks, random_mask, random_scores,
+                              top_fraction_mask, update_count, update_mask)
 from fedsparse.sparse.sampled import importance_weights, sample_backward_rows
 
 logger = logging.getLogger(__name__)
@@ -351,9 +351,14 @@ class DynamicSparsity:
         dense[rows] = grad
         return gradient_scores(dense)
 
+    def update_fraction(self, step: int) -> float:
+        """Fraction of the active entries a mask update at ``step`` moves (``sparse.schedule``)."""
+        schedule = (cosine_update_fraction if self.cfg.schedule == "cosine"
+                    else constant_update_fraction)
+        return schedule(step, initial_fraction=self.cfg.initial_fraction, end_step=self.end_step)
+
     def _update_masks(self, step: int) -> None:
-        fraction = cosine_update_fraction(step, initial_fraction=self.cfg.initial_fraction,
-                                          end_step=self.end_step)
+        fraction = self.update_fraction(step)
         moved = {}
         for name, table in model_tables(self._model).items():
             update = update_mask(self._masks[name], magnitude_scores(table.to_dense()),

@@ -177,3 +177,14 @@ def test_mask_update_resets_the_accumulator_and_zeroes_grown_values(small_data, 
     # Grown entries are the best-scoring inactive ones.
     assert used["item"][grown].min() >= used["item"][~before & ~after].max()
     assert sparsity.grow_scores("item", 4).eq(0).all()
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("constant", [0.3, 0.3, 0.3, 0.0]),
+                                                    ("cosine", [0.3, 0.225, 0.0, 0.0])])
+def test_update_fraction_follows_the_schedule(small_data, schedule, expected):
+    cfg = load_config(None, [*BASE, "sparse.method=set", f"sparse.schedule={schedule}"])
+    sparsity = DynamicSparsity(cfg.sparse, small_data, dim=8, seed=0, total_steps=100,
+                               sampled_backward=False)
+    assert sparsity.end_step == 75
+    got = [sparsity.update_fraction(step) for step in (0, 25, 75, 90)]
+    assert got == pytest.approx(expected)
