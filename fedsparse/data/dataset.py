@@ -109,8 +109,9 @@ def load_dataset(name_or_path: str, split: str = "test") -> InteractionData:
 
     A directory holds ``train.txt`` and ``test.txt`` (optionally gzip-compressed as ``.gz``) and,
     for ``split="val"``, ``model_val.txt`` or ``val.txt``. An optional ``dataset.toml`` declares
-    ``n_users`` and ``n_items``; without it they are the largest ids seen plus one. With ``split="val"`` the model trains
-    on train minus val and is scored on val; the test file is not read.
+    ``n_users`` and ``n_items``; without it they are the largest ids seen plus one. With
+    ``split="val"`` the model trains on train minus val and is scored on val; the test file is
+    not read.
 
     Raises
     ------

@@ -2,8 +2,8 @@
 
 Models hold two table modules and never ask which kind they are: both have a ``values``
 Parameter, ``gather(rows)`` (also their ``forward``), ``to_dense()``, ``mask()``, ``nnz``,
-``density``, ``memory_bytes(optimizer)`` and ``floor_bytes()``. Here every entry is active and ``values`` is the
-(n_rows, dim) table itself.
+``density``, ``memory_bytes(optimizer)`` and ``floor_bytes()``. Here every entry is active and
+``values`` is the (n_rows, dim) table itself.
 """
 
 from __future__ import annotations
