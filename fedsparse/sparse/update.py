@@ -58,17 +58,10 @@ class GradientAccumulator:
     def __init__(self, n_rows: int, dim: int, device: torch.device | str | None = None) -> None:
         self._sum = torch.zeros(n_rows, dim, dtype=torch.float32, device=device)
 
-    def add(self, dense_grad: Tensor, mask: Tensor) -> None:
-        """Add |dense_grad| at the entries where the (n_rows, dim) bool ``mask`` is False."""
-        if dense_grad.shape != self._sum.shape or mask.shape != self._sum.shape:
-            raise ValueError(f"gradient and mask must have shape {tuple(self._sum.shape)}, "
-                             f"got {tuple(dense_grad.shape)} and {tuple(mask.shape)}")
-        self._sum += dense_grad.detach().abs().float().masked_fill(mask, 0.0)
-
     def add_rows(self, rows: Tensor, row_grad: Tensor, row_mask: Tensor) -> None:
         """Add |row_grad| at the inactive entries of some rows (a row-sparse gradient).
 
-        Equivalent to :meth:`add` with a dense gradient that is ``row_grad`` on ``rows`` and
+        The same as adding the |grad| of a dense gradient that is ``row_grad`` on ``rows`` and
         zero elsewhere, when ``rows`` are distinct. A repeated row adds the |grad| of each of
         its occurrences, so sum a step's gradient per row first to accumulate |step gradient|.
 

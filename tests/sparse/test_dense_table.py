@@ -31,10 +31,8 @@ def test_accumulator_row_add_matches_dense_add():
     row_grad = torch.randn(3, 4, generator=generator)
     dense_grad = torch.zeros(6, 4)
     dense_grad[rows] = row_grad
-    by_rows, dense = GradientAccumulator(6, 4), GradientAccumulator(6, 4)
+    by_rows = GradientAccumulator(6, 4)
     by_rows.add_rows(rows, row_grad, mask[rows])
     by_rows.add_rows(rows, row_grad, mask[rows])
-    dense.add(dense_grad, mask)
-    dense.add(dense_grad, mask)
-    torch.testing.assert_close(by_rows.scores(), dense.scores())
+    torch.testing.assert_close(by_rows.scores(), 2 * dense_grad.abs().masked_fill(mask, 0.0))
     assert (by_rows.scores()[mask] == 0).all() and by_rows.scores()[0].eq(0).all()

@@ -75,7 +75,7 @@ def test_accumulator_sums_inactive_gradients_and_resets():
     for _ in range(6):
         grad = torch.randn(7, 5, generator=generator)
         mask = (torch.rand(7, 5, generator=generator) < 0.4) | always_active
-        accumulator.add(grad, mask)
+        accumulator.add_rows(torch.arange(7), grad, mask)
         expected += grad.abs() * ~mask
     scores = accumulator.scores()
     torch.testing.assert_close(scores, expected)
@@ -84,10 +84,10 @@ def test_accumulator_sums_inactive_gradients_and_resets():
     torch.testing.assert_close(accumulator.scores(), expected)
     accumulator.reset()
     assert (accumulator.scores() == 0).all()
-    accumulator.add(torch.ones(7, 5), always_active)
+    accumulator.add_rows(torch.arange(7), torch.ones(7, 5), always_active)
     assert accumulator.scores().sum() == 7 * 4
     with pytest.raises(ValueError):
-        accumulator.add(torch.ones(5, 7), always_active)
+        accumulator.add_rows(torch.arange(7), torch.ones(5, 7), always_active)
 
 
 def test_update_mask_by_hand():
