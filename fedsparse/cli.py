@@ -1,4 +1,4 @@
-"""Command line: ``fedsparse train | data | report``."""
+"""Command line: ``fedsparse train | simulate | data | report``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from fedsparse.fl.simulation import simulate
+    from fedsparse.report.results import default_run_dir
+
+    cfg = load_config(args.config, args.set)
+    out_dir = Path(args.out) if args.out else default_run_dir(cfg.name)
+    with logging_redirect_tqdm():
+        metrics = simulate(cfg, out_dir)
+    k = cfg.train.topk
+    lines = [(f"{cfg.name}: federated {cfg.sparse.method} on {metrics['dataset']}, "
+              f"{metrics['devices']} devices, {cfg.fl.rounds} rounds, "
+              f"{metrics['seconds_per_round']:.1f} s/round"),
+             (f"  fleet recall@{k} {metrics[f'recall@{k}']:.4f}  "
+              f"ndcg@{k} {metrics[f'ndcg@{k}']:.4f}  "
+              f"up {metrics['up_bytes_per_round'] / 2**20:.2f} MiB/round  "
+              f"down {metrics['down_bytes_per_round'] / 2**20:.2f} MiB/round  "
+              f"rejected {metrics['rejected']}  failed {metrics['failed']}  "
+              f"within budget: {'yes' if metrics['within_budget'] else 'NO'}")]
+    for name, tier in metrics["tiers"].items():
+        lines.append(f"  {name:>10}: {tier['devices']} devices, budget {tier['budget_bytes']} B, "
+                     f"density {tier['density']:.3f}, model <= {tier['model_bytes_max']} B, "
+                     f"recall@{k} {tier[f'recall@{k}']:.4f}, ndcg@{k} {tier[f'ndcg@{k}']:.4f}")
+    lines.append(f"  results: {out_dir}")
+    print("\n".join(lines))
+    return 0
+
+
 def _data_stats(args: argparse.Namespace) -> int:
     stats = load_dataset(args.dataset).stats()
     for key, value in stats.items():
@@ -70,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    simulate = commands.add_parser("simulate", help="federated device-fleet simulation on Flower")
+    simulate.add_argument("config", help="TOML config file with an [fl] section")
+    simulate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key (repeatable), e.g. --set fl.rounds=3")
+    simulate.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
+    simulate.set_defaults(handler=_simulate)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +114,51 @@ class SparseConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TierConfig:
+    """One memory tier of a device fleet (``[fl.tiers.<name>]``)."""
+
+    budget_bytes: int = _option(1, low=1, doc="memory a device of this tier may hold: item "
+                                              "slice (values, index, Adam state), user row and "
+                                              "training buffers")
+    share: float = _option(0.0, low=0.0, high=1.0,
+                           doc="fraction of the devices in this tier (ignored with fl.tier_file)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetConfig:
+    """A simulated device fleet (``fedsparse simulate``): tiers, rounds, device-local training."""
+
+    rounds: int = _option(10, low=1, doc="federated rounds")
+    clients_per_round: int = _option(0, low=0, doc="devices sampled per round (0: all)")
+    local_epochs: int = _option(5, low=1, doc="passes over its interactions a device makes per round")
+    batch_size: int = _option(64, low=1, doc="positives per local step")
+    lr: float = _option(0.01, low=0.0, open_low=True, doc="device Adam learning rate")
+    l2: float = _option(1e-4, low=0.0, doc="L2 weight on the batch's embeddings")
+    negatives: int = _option(4, low=1, high=1024,
+                             doc="negatives per positive, drawn once per round")
+    server_lr: float = _option(1.0, low=0.0, open_low=True,
+                               doc="step of the server on the aggregated per-entry delta")
+    mask_interval: int = _option(2, low=1, doc="rounds between server mask updates (dR)")
+    growth_topk: int = _option(4, low=0, doc="growth scores a device sends per touched row")
+    nmf_rounds: int = _option(5, low=1,
+                              doc="federated NMF iterations (one query round trip each)")
+    eval_every: int = _option(0, low=0, doc="evaluate every this many rounds (0: at the end only)")
+    tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
+    num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine)")
+    client_cpus: float = _option(1.0, low=0.0, open_low=True, doc="CPUs per client actor")
+    tiers: dict[str, TierConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.tiers:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ConfigError(f"fl.tiers.{name}: tier names are letters, digits, - and _")
+        if self.tiers and not self.tier_file:
+            total = sum(tier.share for tier in self.tiers.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ConfigError(f"fl.tiers: shares must sum to 1, got {total:g}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """A whole experiment: seed, data, model, training and sparsity."""
 
@@ -123,6 +168,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
+    fl: FleetConfig = field(default_factory=FleetConfig)
 
 
 def _type_name(kind: type) -> str:
@@ -159,13 +205,21 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for name, fld in fields.items():
         kind, key = hints[name], f"{prefix}{name}"
         if dataclasses.is_dataclass(kind):
-            section = raw.get(name, {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"{key}: expected a table, got {section!r}")
-            values[name] = _build(kind, section, f"{key}.")
+            values[name] = _build(kind, _table(key, raw.get(name, {})), f"{key}.")
+        elif get_origin(kind) is dict:
+            entry_kind = get_args(kind)[1]
+            values[name] = {entry: _build(entry_kind, _table(f"{key}.{entry}", section),
+                                          f"{key}.{entry}.")
+                            for entry, section in _table(key, raw.get(name, {})).items()}
         elif name in raw:
             values[name] = _check_value(key, kind, raw[name], dict(fld.metadata))
     return cls(**values)
+
+
+def _table(key: str, section: Any) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key}: expected a table, got {section!r}")
+    return section
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:

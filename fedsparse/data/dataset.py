@@ -150,3 +150,15 @@ def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     kept = (a - a.multiply(b)).tocoo()
     kept.eliminate_zeros()
     return kept.row.astype(np.int64), kept.col.astype(np.int64)
+
+
+def write_dataset(data: InteractionData, directory: str | Path) -> Path:
+    """Write ``data`` as a directory :func:`load_dataset` reads back: ``train.txt`` and
+    ``test.txt`` in the LightGCN format and a ``dataset.toml`` with the sizes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, matrix in (("train.txt", data.train), ("test.txt", data.test)):
+        lines = [" ".join(map(str, [user, *matrix[user].indices])) for user in range(data.n_users)]
+        (directory / name).write_text("\n".join(lines) + "\n")
+    (directory / "dataset.toml").write_text(f"n_users = {data.n_users}\nn_items = {data.n_items}\n")
+    return directory

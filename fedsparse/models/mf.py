@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from fedsparse.models.base import bpr_loss, init_tables, l2_penalty
+from fedsparse.sparse import EmbeddingTable
 
 
 class MF(nn.Module):
@@ -34,6 +35,16 @@ class MF(nn.Module):
         self.n_users, self.n_items, self.l2 = n_users, n_items, l2
         self.user_table, self.item_table = init_tables(n_users, n_items, dim, init_std=init_std,
                                                        generator=generator, masks=masks)
+
+    @classmethod
+    def from_tables(cls, user_table: EmbeddingTable, item_table: EmbeddingTable, *,
+                    l2: float) -> MF:
+        """An MF over existing tables, e.g. a device's own user row and its item slice."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.n_users, model.n_items, model.l2 = user_table.n_rows, item_table.n_rows, l2
+        model.user_table, model.item_table = user_table, item_table
+        return model
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor, *,
              grad_rows: Tensor | None = None) -> Tensor:

@@ -109,6 +109,67 @@ class SparseEmbeddingTable(nn.Module):
         """A table holding ``dense``'s (n_rows, dim) entries where ``mask`` is True."""
         return cls.from_mask(mask, dense)
 
+    @classmethod
+    def from_storage(cls, n_rows: int, dim: int, values: np.ndarray, row_counts: np.ndarray,
+                     index: np.ndarray) -> SparseEmbeddingTable:
+        """Rebuild a table from the arrays :meth:`storage_arrays` returns (e.g. received over
+        the network), checking that they describe a valid table.
+
+        Parameters
+        ----------
+        n_rows, dim:
+            Table shape.
+        values:
+            (nnz,) float32.
+        row_counts:
+            (n_rows,) unsigned counts of active entries per row.
+        index:
+            (nnz,) column ids (``"csr"``), or (n_rows, ceil(dim / 8)) uint8 packed mask
+            (``"bitmap"``), as the sender's layout was.
+
+        Raises
+        ------
+        ValueError
+            One line naming what does not fit.
+        """
+        values, row_counts, index = (np.asarray(a) for a in (values, row_counts, index))
+        if values.dtype != np.float32 or values.ndim != 1:
+            raise ValueError(f"values must be 1-D float32, got {values.dtype} {values.shape}")
+        if row_counts.shape != (n_rows,) or row_counts.dtype.kind != "u":
+            raise ValueError(f"row_counts must be unsigned ({n_rows},), got {row_counts.dtype} "
+                             f"{row_counts.shape}")
+        if int(row_counts.sum()) != values.size or (row_counts > dim).any():
+            raise ValueError("row_counts do not match the values")
+        bitmap_shape = (n_rows, -(-dim // 8))
+        if index.shape == bitmap_shape and index.dtype == np.uint8 and index.ndim == 2:
+            mask = np.unpackbits(index, axis=1, count=dim).astype(bool)
+            if (mask.sum(axis=1) != row_counts).any() or np.unpackbits(index, axis=1)[:, dim:].any():
+                raise ValueError("bitmap does not match row_counts")
+        elif index.ndim == 1 and index.size == values.size and index.dtype.kind in "iu":
+            rows = np.repeat(np.arange(n_rows), row_counts.astype(np.int64))
+            if index.size and (index.min() < 0 or index.max() >= dim):
+                raise ValueError(f"column ids must be in [0, {dim})")
+            keys = rows * dim + index.astype(np.int64)
+            if (np.diff(keys) <= 0).any():
+                raise ValueError("column ids must ascend within each row")
+            mask = np.zeros((n_rows, dim), dtype=bool)
+            mask[rows, index] = True
+        else:
+            raise ValueError(f"index must be (nnz,) column ids or a {bitmap_shape} uint8 bitmap, "
+                             f"got {index.dtype} {index.shape}")
+        table = cls(n_rows, dim)
+        table._store_index(mask, np.nonzero(mask)[1])
+        table.values.data = torch.from_numpy(values.copy())
+        return table
+
+    def storage_arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the held arrays: ``values``, ``row_counts`` and ``index`` (column ids or
+        bitmap), what :meth:`from_storage` rebuilds the table from."""
+        index = self.columns if self.columns is not None else self.bitmap
+        return {"values": self.values.detach().cpu().numpy().copy(),
+                "row_counts": self.row_counts.cpu().numpy().copy(),
+                "index": index.cpu().numpy().copy()}
+
     @property
     def nnz(self) -> int:
         """Number of active entries."""
@@ -197,12 +258,9 @@ class SparseEmbeddingTable(nn.Module):
         """
         return self.to_dense() if rows is None else self.gather(rows)
 
-    def gather(self, rows: Tensor) -> Tensor:
-        """Dense vectors of ``rows`` (B,) -> (B, dim), zero at inactive entries.
-
-        Differentiable with respect to ``values``: only the active values of the gathered rows
-        receive gradient (accumulated over repeated rows).
-        """
+    def _row_entries(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The active entries of ``rows`` (B,): for each, its position in the batch, its
+        column and its storage position, each (T,) int64, row by row in ascending column."""
         rows = rows.long()
         all_counts = self.row_counts.long()                             # (n_rows,)
         starts = (torch.cumsum(all_counts, 0) - all_counts)[rows]        # (B,)
@@ -218,8 +276,30 @@ class SparseEmbeddingTable(nn.Module):
         else:
             row_bits = _unpack_bits(self.bitmap[rows], self.dim)        # (B, dim)
             batch, cols = row_bits.nonzero().unbind(1)                  # (T,), (T,)
+        return batch, cols, positions
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """Dense vectors of ``rows`` (B,) -> (B, dim), zero at inactive entries.
+
+        Differentiable with respect to ``values``: only the active values of the gathered rows
+        receive gradient (accumulated over repeated rows).
+        """
+        batch, cols, positions = self._row_entries(rows)                # (T,) each
         out = torch.zeros(len(rows), self.dim, dtype=self.values.dtype, device=self.values.device)
         return out.index_put((batch, cols), self.values[positions])   # (B, dim)
+
+    def row_mask(self, rows: Tensor) -> Tensor:
+        """(B, dim) bool, True at the active entries of ``rows`` (B,)."""
+        batch, cols, _ = self._row_entries(rows)                        # (T,) each
+        out = torch.zeros(len(rows), self.dim, dtype=torch.bool, device=self.values.device)
+        out[batch, cols] = True
+        return out
+
+    def row_entries(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat ids ``row * dim + col`` (T,) and values (T,) of the active entries of ``rows``
+        (B,), row by row in ascending column (sorted when ``rows`` is)."""
+        batch, cols, positions = self._row_entries(rows)                # (T,) each
+        return rows.long()[batch] * self.dim + cols, self.values.detach()[positions]
 
     def to_dense(self) -> Tensor:
         """The whole table as (n_rows, dim), differentiable with respect to ``values``."""

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fedsparse.cli import main
+from fedsparse.data import write_dataset
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "sparse"
              / "lastfm_mf_sparserec.toml")
@@ -15,15 +16,7 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "sparse"
 
 @pytest.fixture()
 def data_dir(tmp_path, small_data):
-    directory = tmp_path / "synthetic"
-    directory.mkdir()
-    for name, matrix in (("train.txt", small_data.train), ("test.txt", small_data.test)):
-        lines = [" ".join(map(str, [user, *matrix[user].indices]))
-                 for user in range(matrix.shape[0])]
-        (directory / name).write_text("\n".join(lines) + "\n")
-    (directory / "dataset.toml").write_text(
-        f"n_users = {small_data.n_users}\nn_items = {small_data.n_items}\n")
-    return directory
+    return write_dataset(small_data, tmp_path / "synthetic")
 
 
 def train_args(data_dir, out, *overrides):

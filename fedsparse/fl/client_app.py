@@ -1,0 +1,153 @@
+"""The ClientApp: one device of the fleet (one user), on Flower's Message API.
+
+Everything a device needs to know arrives in the message's ``"config"`` record (dataset, its
+user id, round, seed, local hyperparameters), so the same app runs under ``fedsparse simulate``,
+``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam state, NMF
+row) lives in ``context.state``; the dataset is a read-only per-process cache.
+
+Handlers:
+
+* ``train``: local SparseRec on the device's interactions against its tier's slice; replies
+  with the sparse update (:mod:`fedsparse.fl.records`).
+* ``evaluate``: ranks all items with its own sparse model; replies Recall@K, NDCG@K, its
+  measured model bytes and how many test items it has.
+* ``query``: ``question = "profile"`` (device id, training and test interactions) or
+  ``"nmf"`` (one federated NMF step: it updates its own row W_u and returns it with its item
+  ids, from which the server sums W_u^T R_u and W_u^T W_u). The update needs only H's columns
+  at its items and H H^T: in the first step the device makes the seeded H0 itself, later the
+  server sends just those (``h_items``, ``gram_h``), since it learnt the items from the sums.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsparse.data import InteractionData, load_dataset
+from fedsparse.fl.records import (
+    arrays_record,
+    encode_update,
+    record_arrays,
+    reply_metrics,
+    slice_from_record,
+    user_from_state,
+    user_state_record,
+)
+from fedsparse.seeding import generator_for
+from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_user_step
+from fedsparse.train.device import (
+    LocalTraining,
+    UserRow,
+    evaluate_device,
+    model_bytes,
+    train_device,
+)
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=2)
+def _dataset(name: str, split: str) -> InteractionData:
+    """The dataset, loaded once per process (read-only)."""
+    torch.set_num_threads(1)
+    return load_dataset(name, split)
+
+
+def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
+    split = data.train if matrix == "train" else data.test
+    return split.indices[split.indptr[user]:split.indptr[user + 1]].astype(np.int64)
+
+
+def _user_row(context: Context, config: ConfigRecord) -> UserRow:
+    if "user" in context.state:
+        return user_from_state(context.state["user"])
+    generator = generator_for(int(config["seed"]), 0, int(config["device"]), "user-init")
+    return UserRow.initial(int(config["dim"]), float(config["init-std"]), generator)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local training for one round; replies with the sparse update."""
+    config = msg.content["config"]
+    data = _dataset(str(config["dataset"]), str(config["split"]))
+    device, server_round = int(config["device"]), int(config["round"])
+    dim, topk = int(config["dim"]), int(config["growth-topk"])
+    item_table = slice_from_record(msg.content["item"], data.n_items, dim)
+    hp = LocalTraining(local_epochs=int(config["local-epochs"]),
+                       batch_size=int(config["batch-size"]), lr=float(config["lr"]),
+                       l2=float(config["l2"]), negatives=int(config["negatives"]),
+                       growth_topk=topk)
+    update, user = train_device(item_table, _user_row(context, config),
+                                _items(data, "train", int(config["user"])), hp,
+                                generator=generator_for(int(config["seed"]), server_round, device,
+                                                        "local-train"),
+                                budget_bytes=int(config["budget-bytes"]) or None)
+    context.state["user"] = user_state_record(user)
+    content = RecordDict({"update": encode_update(update, dim=dim, topk=topk),
+                          "reply": reply_metrics(update, device=device, server_round=server_round,
+                                                 tier_index=int(config["tier-index"]))})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Rank every item with the device's own sparse model."""
+    config = msg.content["config"]
+    data = _dataset(str(config["dataset"]), str(config["split"]))
+    user_id, k = int(config["user"]), int(config["topk"])
+    item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))
+    user = _user_row(context, config)
+    test_items = _items(data, "test", user_id)
+    metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
+    if len(test_items):
+        metrics = evaluate_device(item_table, user, _items(data, "train", user_id), test_items,
+                                  k=k)
+    reply = MetricRecord({**{key: float(value) for key, value in metrics.items()},
+                          "model-bytes": model_bytes(item_table, user),
+                          "n-test": len(test_items)})
+    content = RecordDict({"metrics": reply})
+    if bool(config.get("export-user", False)):
+        content["user"] = arrays_record({"values": user.values})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """``profile`` or one ``nmf`` step."""
+    config = msg.content["config"]
+    question = str(config["question"])
+    device = int(context.node_config["partition-id"])
+    if question == "profile":
+        data = _dataset(str(config["dataset"]), str(config["split"]))
+        users = np.flatnonzero(np.diff(data.train.indptr) > 0)
+        user = int(users[device])
+        reply = MetricRecord({"device": device, "n-train": len(_items(data, "train", user)),
+                              "n-test": len(_items(data, "test", user))})
+        return Message(content=RecordDict({"profile": reply}), reply_to=msg)
+    if question != "nmf":
+        raise ValueError(f"unknown query {question!r}")
+    data = _dataset(str(config["dataset"]), str(config["split"]))
+    items = _items(data, "train", int(config["user"]))
+    seed, rank = int(config["seed"]), int(config["rank"])
+    if "factors" in msg.content:                          # later iterations: what it needs of H
+        factors = record_arrays(msg.content["factors"])
+        h_items, gram_h = factors["h_items"], factors["gram_h"]          # (d, n_u), (d, d)
+        w_user = record_arrays(context.state["nmf"])["w"]
+    else:                                                 # first: H0 is seeded, make it here
+        h = initial_nmf_items(seed, rank, data.n_items)                  # (d, n_items)
+        h_items, gram_h = h[:, items], h @ h.T
+        w_user = initial_nmf_row(seed, device, rank)
+    if h_items.shape != (rank, len(items)):
+        raise ValueError(f"h_items has shape {h_items.shape}, expected {(rank, len(items))}")
+    w_user = nmf_user_step(w_user, h_items, gram_h)
+    context.state["nmf"] = arrays_record({"w": w_user})
+    content = RecordDict({"nmf": arrays_record({"w": w_user, "items": items.astype(np.int32)}),
+                          "reply": MetricRecord({"device": device})})
+    return Message(content=content, reply_to=msg)

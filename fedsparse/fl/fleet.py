@@ -1,0 +1,158 @@
+"""The fleet: which user each device is, its memory tier, and each tier's item-table density.
+
+Plain Python/NumPy (no Flower), so a config is checked completely before any simulation starts.
+Device ``i`` is the ``i``-th user (ascending id) with at least one training interaction.
+Tiers are ordered by budget, smallest first; a tier's density is the largest whose measured
+item-slice memory (values, index, Adam state) fits its budget minus the reserve every device
+needs besides the slice (user row with Adam state, growth buffer of its touched rows).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.data.dataset import InteractionData
+from fedsparse.errors import ConfigError
+from fedsparse.seeding import numpy_rng_for
+from fedsparse.sparse.budget import density_for_budget
+from fedsparse.train.device import device_reserve_bytes, touched_rows_bound
+
+logger = logging.getLogger(__name__)
+
+#: ``sparse.method`` values a fleet can run, and what they mean there.
+FLEET_METHODS = {
+    "dense": "dense FedAvg: every device holds the full item table",
+    "static": "fixed random tier masks",
+    "sparserec": "federated NMF masks, growth by gradients accumulated over rounds",
+    "sparserec_no_nmf": "random-init federated DST: random masks, accumulated growth",
+    "sparserec_no_accumulation": "federated NMF masks, growth by the last round's gradients",
+}
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One memory tier, resolved."""
+
+    name: str
+    budget_bytes: int
+    density: float
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """Devices, their tiers and the tiers' densities.
+
+    Attributes
+    ----------
+    users : np.ndarray
+        (n_devices,) user id of each device.
+    device_tier : np.ndarray
+        (n_devices,) index into ``tiers`` of each device.
+    tiers : tuple of Tier
+        Smallest budget first.
+    reserve_bytes : int
+        Bytes of every budget that are not item slice.
+    """
+
+    users: np.ndarray
+    device_tier: np.ndarray
+    tiers: tuple[Tier, ...]
+    reserve_bytes: int
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.users)
+
+
+def fleet_users(data: InteractionData) -> np.ndarray:
+    """Users with at least one training interaction, ascending: device i is user ``[i]``."""
+    return np.flatnonzero(np.diff(data.train.indptr) > 0)
+
+
+def shares_to_tiers(n_devices: int, shares: list[float], seed: int) -> np.ndarray:
+    """Tier index of each device: tier counts by largest remainder of ``share * n_devices``,
+    devices dealt to tiers in a seeded random order."""
+    quotas = np.asarray(shares) * n_devices
+    counts = np.floor(quotas).astype(int)
+    remainders = np.argsort(-(quotas - counts), kind="stable")
+    counts[remainders[:n_devices - counts.sum()]] += 1
+    tiers = np.repeat(np.arange(len(shares)), counts)
+    return tiers[numpy_rng_for(seed, 0, 0, "tier-assignment").permutation(n_devices)]
+
+
+def read_tier_file(path: Path, n_devices: int, names: list[str]) -> np.ndarray:
+    """Tier index of each device from a CSV with columns ``device_id,tier``.
+
+    Raises
+    ------
+    ConfigError
+        Missing file or columns, an unknown tier, or devices missing or repeated.
+    """
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"fl.tier_file: {path} not found") from None
+    if list(table.columns) != ["device_id", "tier"]:
+        raise ConfigError(f"fl.tier_file: {path}: columns must be device_id,tier")
+    unknown = sorted(set(table["tier"].astype(str)) - set(names))
+    if unknown:
+        raise ConfigError(f"fl.tier_file: {path}: unknown tier {unknown[0]!r}")
+    ids = table["device_id"].to_numpy()
+    if len(ids) != n_devices or not np.array_equal(np.sort(ids), np.arange(n_devices)):
+        raise ConfigError(f"fl.tier_file: {path}: needs each device id 0..{n_devices - 1} once")
+    tiers = np.empty(n_devices, dtype=int)
+    tiers[ids] = [names.index(str(name)) for name in table["tier"]]
+    return tiers
+
+
+def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
+    """Resolve ``cfg.fl`` against ``data``: devices, tiers, densities.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key: no tiers, an unsupported method or model, a tier file that
+        does not fit, or a budget too small for one active entry per item row.
+    """
+    fl, dim = cfg.fl, cfg.model.dim
+    if not fl.tiers:
+        raise ConfigError("fl.tiers: a fleet needs at least one tier ([fl.tiers.<name>])")
+    if cfg.sparse.method not in FLEET_METHODS:
+        raise ConfigError(f"sparse.method: a fleet runs one of {', '.join(FLEET_METHODS)}; got "
+                          f"{cfg.sparse.method!r}")
+    if cfg.model.name != "mf":
+        raise ConfigError(f"model.name: fleets train mf; got {cfg.model.name!r}")
+    users = fleet_users(data)
+    if fl.clients_per_round > len(users):
+        raise ConfigError(f"fl.clients_per_round: {fl.clients_per_round} is more than the "
+                          f"{len(users)} devices")
+    ordered = sorted(fl.tiers.items(), key=lambda item: (item[1].budget_bytes, item[0]))
+    names = [name for name, _ in ordered]
+    if fl.tier_file:
+        device_tier = read_tier_file(Path(fl.tier_file), len(users), names)
+    else:
+        device_tier = shares_to_tiers(len(users), [tier.share for _, tier in ordered], cfg.seed)
+    most_positives = int(np.diff(data.train.indptr).max())
+    reserve = device_reserve_bytes(dim, touched_rows_bound(most_positives, fl.negatives,
+                                                           data.n_items))
+    tiers = []
+    for name, tier in ordered:
+        if cfg.sparse.method == "dense":
+            density = 1.0
+        else:
+            try:
+                density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
+            except ConfigError as exc:
+                raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small ({reserve} bytes go "
+                                  f"to the user row and growth buffer; {exc})") from None
+        tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density))
+        logger.info("tier %s: budget %d bytes -> item density %.4f, %d devices", name,
+                    tier.budget_bytes, density, int((device_tier == len(tiers) - 1).sum()))
+    return FleetPlan(users=users, device_tier=device_tier, tiers=tuple(tiers),
+                     reserve_bytes=reserve)

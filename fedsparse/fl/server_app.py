@@ -1,0 +1,225 @@
+"""The ServerApp: profile the fleet, initialise the masks (federated NMF or random), run the
+rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every device and
+write the results directory.
+
+Two entry points run the same :func:`run_fleet`: :func:`build_server_app` (config passed by
+closure, for ``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and
+the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
+``overrides`` (``key=value`` pairs separated by ``;``) and ``out`` from the run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from tqdm.auto import tqdm
+
+from fedsparse.config import ExperimentConfig, load_config
+from fedsparse.data import load_dataset
+from fedsparse.errors import FedsparseError
+from fedsparse.fl.fleet import FleetPlan, plan_fleet
+from fedsparse.fl.records import arrays_record, config_record, record_arrays
+from fedsparse.fl.strategy import SparseFedStrategy
+from fedsparse.report.fleet import FleetRun, write_fleet_run
+from fedsparse.seeding import generator_for, numpy_rng_for
+from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores, nmf_item_step
+from fedsparse.sparse.masks import random_mask, top_fraction_mask
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for all SuperNodes to register, and for one round's replies.
+NODE_WAIT_SECONDS = 120.0
+ROUND_TIMEOUT_SECONDS = 3600.0
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_SECONDS) -> list[int]:
+    """Node ids (Python ints) once ``expected`` nodes have registered.
+
+    Raises
+    ------
+    FedsparseError
+        When they have not within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [int(node) for node in grid.get_node_ids()]
+        if len(nodes) >= expected:
+            return sorted(nodes)
+        if time.monotonic() > deadline:
+            raise FedsparseError(f"only {len(nodes)} of {expected} devices registered within "
+                                 f"{timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _query_all(grid: Grid, nodes: list[int], contents: list[RecordDict]) -> list[Message]:
+    messages = [Message(content=content, dst_node_id=node, message_type=MessageType.QUERY)
+                for node, content in zip(nodes, contents)]
+    replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS))
+    errors = [reply.error.reason for reply in replies if reply.has_error()]
+    if errors or len(replies) != len(messages):
+        raise FedsparseError(f"query failed on {len(messages) - len(replies) + len(errors)} "
+                             f"devices: {errors[:1]}")
+    return replies
+
+
+def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig,
+                    plan: FleetPlan) -> dict[int, int]:
+    """Ask every node which device (partition) it is; returns node id -> device id."""
+    question = {"question": "profile", "dataset": cfg.data.name, "split": cfg.data.split}
+    replies = _query_all(grid, nodes, [RecordDict({"config": config_record(question)})
+                                       for _ in nodes])
+    node_devices = {int(reply.metadata.src_node_id): int(reply.content["profile"]["device"])
+                    for reply in replies}
+    if sorted(node_devices.values()) != list(range(plan.n_devices)):
+        raise FedsparseError(f"the {len(nodes)} nodes are not devices 0..{plan.n_devices - 1} "
+                             "(check each SuperNode's partition-id)")
+    return node_devices
+
+
+def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfig,
+                  plan: FleetPlan, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``fl.nmf_rounds`` multiplicative-update iterations with every device.
+
+    In each iteration every device updates its own row W_u and returns it with its item ids,
+    from which the server sums W_u^T R_u and W_u^T W_u and updates H. The first iteration sends
+    no factors (devices make the seeded H0 themselves); later ones send each device only H's
+    columns at its items and H H^T.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        H (d, n_items) and the last summed W^T W (d, d).
+    """
+    dim = cfg.model.dim
+    h = initial_nmf_items(cfg.seed, dim, n_items)
+    gram = np.zeros((dim, dim))
+    nodes = sorted(node_devices, key=node_devices.get)
+    device_items: dict[int, np.ndarray] = {}
+    for iteration in tqdm(range(1, cfg.fl.nmf_rounds + 1), desc="federated NMF", unit="iter",
+                          leave=False):
+        gram_h = h @ h.T                                                    # (d, d)
+        contents = []
+        for node in nodes:
+            device = node_devices[node]
+            content = RecordDict({"config": config_record({
+                "question": "nmf", "dataset": cfg.data.name, "split": cfg.data.split,
+                "seed": cfg.seed, "rank": dim, "user": int(plan.users[device])})})
+            if device in device_items:
+                content["factors"] = arrays_record({"h_items": h[:, device_items[device]],
+                                                    "gram_h": gram_h})
+            contents.append(content)
+        replies = sorted(_query_all(grid, nodes, contents),
+                         key=lambda reply: node_devices[int(reply.metadata.src_node_id)])
+        numerator = np.zeros_like(h)
+        gram = np.zeros((dim, dim))
+        for reply in replies:
+            arrays = record_arrays(reply.content["nmf"])
+            w_user, items = arrays["w"], arrays["items"].astype(np.int64)
+            if w_user.shape != (dim,) or items.size == 0 or items.min() < 0 \
+                    or items.max() >= n_items:
+                raise FedsparseError(f"federated NMF: malformed reply from node "
+                                     f"{reply.metadata.src_node_id}")
+            device_items[node_devices[int(reply.metadata.src_node_id)]] = items
+            numerator[:, items] += w_user[:, None]                          # W_u^T R_u
+            gram += np.outer(w_user, w_user)                                # W_u^T W_u
+        h = nmf_item_step(h, numerator, gram)
+        logger.debug("federated NMF iteration %d: |H| %.4g", iteration, np.linalg.norm(h))
+    return h, gram
+
+
+def initial_top_mask(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfig,
+                     plan: FleetPlan, n_items: int) -> np.ndarray:
+    """The densest tier's first mask: federated NMF scores, uniform random, or all (dense)."""
+    dim, density = cfg.model.dim, max(tier.density for tier in plan.tiers)
+    if density >= 1.0:
+        return np.ones((n_items, dim), dtype=bool)
+    if cfg.sparse.method in ("static", "sparserec_no_nmf"):
+        return random_mask(n_items, dim, density, generator_for(cfg.seed, 0, 0, "mask-init"))
+    h, gram = federated_nmf(grid, node_devices, cfg, plan, n_items)
+    ties = numpy_rng_for(cfg.seed, 0, 0, "nmf-mask-ties").random((n_items, dim))
+    return top_fraction_mask(nmf_item_scores(h, gram), density, tie_break=ties)
+
+
+def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
+              final: bool) -> dict[str, float]:
+    """Every device ranks all items; the final evaluation also collects the user rows."""
+    config = config_record({"export-user": final})
+    messages = list(strategy.configure_evaluate(server_round, None, config, grid))
+    replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    return {} if metrics is None else {key: float(value) for key, value in metrics.items()}
+
+
+def run_fleet(grid: Grid, cfg: ExperimentConfig, out_dir: Path) -> FleetRun:
+    """The whole federated run on ``grid``; writes and returns the results."""
+    data = load_dataset(cfg.data.name, cfg.data.split)
+    plan = plan_fleet(cfg, data)
+    torch.set_num_threads(1)
+    nodes = wait_for_nodes(grid, plan.n_devices)
+    node_devices = profile_devices(grid, nodes, cfg, plan)
+    start = time.perf_counter()
+    top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items)
+    init_seconds = time.perf_counter() - start
+    values = (torch.randn(data.n_items, cfg.model.dim, generator=generator_for(cfg.seed, 0, 0,
+                                                                                "item-init"))
+              * cfg.model.init_std).numpy()
+    strategy = SparseFedStrategy(cfg, plan, values, top_mask, node_devices)
+    strategy.summary()
+    history = []
+    bar = tqdm(range(1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round")
+    for server_round in bar:
+        round_start = time.perf_counter()
+        down_before = int(strategy.ledger.down_bytes.sum())
+        messages = list(strategy.configure_train(server_round, None, None, grid))
+        replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+        _, counts = strategy.aggregate_train(server_round, replies)
+        row = {"round": server_round, "sampled": len(messages),
+               **{key: counts[key] for key in counts},
+               "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
+               "mask-updates": strategy.mask_updates}
+        every = cfg.fl.eval_every
+        final = server_round == cfg.fl.rounds
+        if final or (every and server_round % every == 0):
+            row.update(_evaluate(strategy, grid, server_round, final=final))
+        row["seconds"] = time.perf_counter() - round_start
+        history.append(row)
+        logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
+                    ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))
+        bar.set_postfix(loss=f"{row['loss']:.4f}", ok=row["succeeded"])
+    run = FleetRun(cfg=cfg, plan=plan, data=data, item=strategy.item, masks=strategy.masks,
+                   ledger=strategy.ledger, history=pd.DataFrame(history),
+                   init_seconds=init_seconds)
+    write_fleet_run(out_dir, run)
+    return run
+
+
+def build_server_app(cfg: ExperimentConfig, out_dir: Path) -> ServerApp:
+    """A ServerApp running ``cfg`` into ``out_dir`` (config by closure)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_fleet(grid, cfg, out_dir)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """``flwr run`` entry: config path, overrides and results directory from the run config."""
+    run_config = context.run_config
+    overrides = [item for item in str(run_config.get("overrides", "")).split(";") if item]
+    cfg = load_config(str(run_config["config"]), overrides)
+    out = str(run_config.get("out", "")) or f"runs/{cfg.name}-flwr-run"
+    run_fleet(grid, cfg, Path(out))
+

@@ -1,0 +1,281 @@
+"""The server strategy of federated SparseRec, on Flower's message-API ``Strategy``.
+
+It keeps the global item table (dense on the server, which is not memory-bound; zero outside
+the densest tier's mask), one nested mask per tier and the growth scores the devices sent since
+the last mask update. Each round it sends every sampled device its tier's sparse slice,
+decodes and checks the replies (malformed ones are rejected with a logged reason and counted),
+aggregates the accepted ones per entry in ascending device id (never through Flower's dense
+``FedAvg`` aggregation, which would average index arrays), and every ``fl.mask_interval``
+rounds prunes and regrows the densest tier's mask and re-derives the others from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsparse.config import ExperimentConfig
+from fedsparse.fl.fleet import FleetPlan
+from fedsparse.fl.records import (
+    Expected,
+    RejectedUpdate,
+    config_record,
+    decode_train_reply,
+    message_bytes,
+    slice_record,
+)
+from fedsparse.seeding import numpy_rng_for
+from fedsparse.sparse import (
+    SparseEmbeddingTable,
+    cosine_update_fraction,
+    update_count,
+    update_mask,
+)
+from fedsparse.sparse.federated import aggregate_sparse_updates, nested_tier_masks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceLedger:
+    """Per-device accounting over the run."""
+
+    up_bytes: np.ndarray
+    down_bytes: np.ndarray
+    rounds: np.ndarray
+    max_train_bytes: np.ndarray
+    evaluation: dict[int, dict[str, float]] = field(default_factory=dict)
+    user_rows: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n_devices: int) -> DeviceLedger:
+        zeros = np.zeros(n_devices, dtype=np.int64)
+        return cls(up_bytes=zeros.copy(), down_bytes=zeros.copy(), rounds=zeros.copy(),
+                   max_train_bytes=zeros.copy())
+
+
+class SparseFedStrategy(Strategy):
+    """Federated SparseRec on the server side.
+
+    Parameters
+    ----------
+    cfg:
+        The experiment (``[fl]``, ``[sparse]``, ``seed``, model and data names).
+    plan:
+        The fleet: devices, tiers, densities.
+    item_values:
+        (n_items, d) initial global item table.
+    top_mask:
+        (n_items, d) bool initial mask of the densest tier.
+    node_devices:
+        Flower node id -> device id, for every device.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, plan: FleetPlan, item_values: np.ndarray,
+                 top_mask: np.ndarray, node_devices: dict[int, int]) -> None:
+        self.cfg, self.plan = cfg, plan
+        self.n_items, self.dim = item_values.shape
+        self.item = np.where(top_mask, item_values, 0.0).astype(np.float32)
+        self.growth = np.zeros(item_values.shape)
+        self.top_tier = int(np.argmax([tier.density for tier in plan.tiers]))
+        self.masks = self._tier_masks(top_mask)
+        self.device_nodes = {device: node for node, device in node_devices.items()}
+        if sorted(self.device_nodes) != list(range(plan.n_devices)):
+            raise ValueError(f"node_devices must cover devices 0..{plan.n_devices - 1}")
+        self.ledger = DeviceLedger.empty(plan.n_devices)
+        self.mask_updates = 0
+        self._sent: dict[int, int] = {}                # node -> device of the last send
+
+    # ------------------------------------------------------------------ masks
+    def _tier_masks(self, top_mask: np.ndarray) -> list[np.ndarray]:
+        densities = {str(i): tier.density for i, tier in enumerate(self.plan.tiers)}
+        masks = nested_tier_masks(top_mask, self.item, self.growth, densities)
+        return [masks[str(i)] for i in range(len(self.plan.tiers))]
+
+    def tier_table(self, tier: int) -> SparseEmbeddingTable:
+        """The global item table restricted to tier ``tier``'s mask, as a device holds it."""
+        return SparseEmbeddingTable.from_dense(self.item, self.masks[tier])
+
+    def is_mask_round(self, server_round: int) -> bool:
+        """Whether the masks move after ``server_round``'s aggregation."""
+        grows = self.cfg.sparse.method not in ("dense", "static")
+        end = max(1, round(self.cfg.sparse.end_fraction * self.cfg.fl.rounds))
+        return grows and server_round % self.cfg.fl.mask_interval == 0 and server_round <= end
+
+    def update_masks(self, server_round: int) -> int:
+        """Prune the densest tier's smallest |w| and grow its best-scored inactive entries
+        (cosine-decayed fraction), then re-derive every tier's mask; returns entries moved."""
+        end = max(1, round(self.cfg.sparse.end_fraction * self.cfg.fl.rounds))
+        fraction = cosine_update_fraction(server_round,
+                                          initial_fraction=self.cfg.sparse.initial_fraction,
+                                          end_step=end)
+        top = torch.from_numpy(self.masks[self.top_tier])
+        update = update_mask(top, torch.from_numpy(np.abs(self.item)),
+                             torch.from_numpy(self.growth.astype(np.float32)),
+                             update_count(int(top.sum()), fraction))
+        new_top = update.new_mask.numpy()
+        self.item[~new_top] = 0.0                           # dropped entries; grown start at 0
+        self.masks = self._tier_masks(new_top)
+        self.growth[:] = 0.0
+        self.mask_updates += 1
+        logger.info("round %d: mask update %d moved %d entries (fraction %.3f)", server_round,
+                    self.mask_updates, update.grown.numel(), fraction)
+        return update.grown.numel()
+
+    # ------------------------------------------------------------------ sampling, messages
+    def sample_devices(self, server_round: int) -> list[int]:
+        """Devices of ``server_round``, ascending: all, or ``fl.clients_per_round`` drawn
+        without replacement from the round's seeded stream."""
+        n_devices, wanted = self.plan.n_devices, self.cfg.fl.clients_per_round
+        if wanted == 0 or wanted >= n_devices:
+            return list(range(n_devices))
+        rng = numpy_rng_for(self.cfg.seed, server_round, 0, "sample-devices")
+        return sorted(int(d) for d in rng.choice(n_devices, size=wanted, replace=False))
+
+    def _device_config(self, server_round: int, device: int) -> dict[str, int | float | str]:
+        fl, tier = self.cfg.fl, int(self.plan.device_tier[device])
+        return {"round": server_round, "device": device, "user": int(self.plan.users[device]),
+                "tier-index": tier, "budget-bytes": self._enforced_budget(tier),
+                "seed": self.cfg.seed, "dataset": self.cfg.data.name,
+                "split": self.cfg.data.split, "dim": self.dim,
+                "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
+                "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
+                "negatives": fl.negatives, "growth-topk": fl.growth_topk,
+                "topk": self.cfg.train.topk}
+
+    def _enforced_budget(self, tier: int) -> int:
+        """The tier's budget in bytes, or 0 (none) for dense FedAvg, whose devices all hold
+        the full table whatever their tier."""
+        return 0 if self.cfg.sparse.method == "dense" else self.plan.tiers[tier].budget_bytes
+
+    def _messages(self, server_round: int, devices: list[int], message_type: str,
+                  extra: ConfigRecord | None = None) -> list[Message]:
+        slices: dict[int, ArrayRecord] = {}
+        messages = []
+        for device in devices:
+            tier = int(self.plan.device_tier[device])
+            if tier not in slices:
+                slices[tier] = slice_record(self.tier_table(tier))
+            config = {**self._device_config(server_round, device), **(extra or {})}
+            content = RecordDict({"item": slices[tier], "config": config_record(config)})
+            self.ledger.down_bytes[device] += message_bytes(content)
+            node = self.device_nodes[device]
+            self._sent[node] = device
+            messages.append(Message(content=content, dst_node_id=node, message_type=message_type))
+        return messages
+
+    # ------------------------------------------------------------------ Strategy interface
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One TRAIN message per sampled device with its tier's slice. ``arrays`` and
+        ``config`` are not used: the global state lives in the strategy."""
+        return self._messages(server_round, self.sample_devices(server_round), MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
+        """Check, decode and aggregate the round's replies; move the masks when it is time.
+
+        Returns the global item table as an ``ArrayRecord`` and the round's counts: replies
+        ``succeeded``, ``failed`` (error replies), ``rejected`` (malformed), ``up-bytes``,
+        ``loss`` (mean over accepted devices) and ``moved`` (entries moved by a mask update).
+        """
+        accepted, losses, failed, rejected, up_bytes = [], [], 0, 0, 0
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            device = self._sent.get(node, -1)
+            if reply.has_content():
+                size = message_bytes(reply.content)
+                up_bytes += size
+                if device >= 0:
+                    self.ledger.up_bytes[device] += size
+            if reply.has_error():
+                failed += 1
+                logger.warning("round %d: device %d failed: %s", server_round, device,
+                               reply.error.reason)
+                continue
+            try:
+                if device < 0:
+                    raise RejectedUpdate(f"reply from unknown node {node}")
+                tier = int(self.plan.device_tier[device])
+                update = decode_train_reply(reply, Expected(
+                    device=device, server_round=server_round, tier_index=tier,
+                    tier_mask=self.masks[tier], topk=self.cfg.fl.growth_topk))
+                train_bytes = int(reply.content["reply"]["train-bytes"])
+                if 0 < self._enforced_budget(tier) < train_bytes:
+                    raise RejectedUpdate(f"train-bytes {train_bytes} over the tier budget")
+            except RejectedUpdate as exc:
+                rejected += 1
+                logger.warning("round %d: rejected the update of device %d: %s", server_round,
+                               device, exc)
+                continue
+            accepted.append(update)
+            losses.append(float(reply.content["reply"]["loss"]))
+            self.ledger.rounds[device] += 1
+            self.ledger.max_train_bytes[device] = max(self.ledger.max_train_bytes[device],
+                                                      train_bytes)
+        if self.cfg.sparse.method == "sparserec_no_accumulation":
+            self.growth[:] = 0.0                       # growth by the last round's scores only
+        if accepted:
+            self.item, round_growth = aggregate_sparse_updates(self.item, accepted,
+                                                               server_lr=self.cfg.fl.server_lr)
+            self.growth += round_growth
+        moved = self.update_masks(server_round) if self.is_mask_round(server_round) else 0
+        metrics = MetricRecord({"succeeded": len(accepted), "failed": failed,
+                                "rejected": rejected, "up-bytes": up_bytes,
+                                "loss": float(np.mean(losses)) if losses else float("nan"),
+                                "moved": moved})
+        return None, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """One EVALUATE message to every device with its tier's slice; ``config`` entries
+        (e.g. ``export-user``: reply with the user row, for the results file) go along."""
+        return self._messages(server_round, list(range(self.plan.n_devices)),
+                              MessageType.EVALUATE, config)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Fleet mean Recall@K / NDCG@K over devices with test items, and per tier."""
+        k = self.cfg.train.topk
+        for reply in replies:
+            device = self._sent.get(reply.metadata.src_node_id, -1)
+            if reply.has_error() or device < 0:
+                logger.warning("round %d: no evaluation from device %d: %s", server_round, device,
+                               reply.error.reason if reply.has_error() else "unknown node")
+                continue
+            self.ledger.evaluation[device] = {key: float(value) for key, value
+                                              in reply.content["metrics"].items()}
+            if "user" in reply.content:
+                self.ledger.user_rows[device] = reply.content["user"]["values"].numpy()
+        evaluated = {device: result for device, result in self.ledger.evaluation.items()
+                     if result["n-test"] > 0}
+        if not evaluated:
+            return None
+        metrics: dict[str, float] = {}
+        for name in (f"recall@{k}", f"ndcg@{k}"):
+            metrics[name] = float(np.mean([result[name] for result in evaluated.values()]))
+            for index, tier in enumerate(self.plan.tiers):
+                values = [result[name] for device, result in evaluated.items()
+                          if self.plan.device_tier[device] == index]
+                metrics[f"{tier.name}/{name}"] = float(np.mean(values)) if values else float("nan")
+        return MetricRecord(metrics)
+
+    def summary(self) -> None:
+        """Log the fleet and the method."""
+        logger.info("federated %s: %d devices, tiers %s", self.cfg.sparse.method,
+                    self.plan.n_devices, ", ".join(f"{t.name} (density {t.density:.3f})"
+                                                   for t in self.plan.tiers))

@@ -1,0 +1,213 @@
+"""Records of the protocol: slices and updates round-trip; malformed replies are rejected."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    Array,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from fedsparse.data import load_dataset
+from fedsparse.fl.client_app import evaluate, train
+from fedsparse.fl.fleet import plan_fleet
+from fedsparse.fl.records import (
+    Expected,
+    arrays_record,
+    decode_train_reply,
+    encode_update,
+    reply_metrics,
+    slice_from_record,
+    slice_record,
+)
+from fedsparse.fl.strategy import SparseFedStrategy
+from fedsparse.seeding import generator_for
+from fedsparse.sparse import SparseEmbeddingTable
+from fedsparse.sparse.masks import random_mask
+from fedsparse.train.device import DeviceUpdate
+
+
+@pytest.mark.parametrize("density", [0.1, 0.9])            # csr and bitmap layouts
+def test_slice_round_trips(density):
+    mask = random_mask(30, 16, density, generator_for(0, 0, 0, "m"))
+    table = SparseEmbeddingTable.from_dense(torch.randn(30, 16), mask)
+    back = slice_from_record(slice_record(table), 30, 16)
+    assert back.index_layout == table.index_layout
+    assert torch.equal(back.to_dense(), table.to_dense()) and torch.equal(back.mask(), table.mask())
+
+
+def test_slice_that_does_not_fit_is_refused():
+    table = SparseEmbeddingTable.from_dense(torch.randn(30, 16),
+                                            random_mask(30, 16, 0.2, generator_for(0, 0, 0, "m")))
+    record = slice_record(table)
+    record["row_counts"] = Array(np.zeros(30, np.uint8))
+    with pytest.raises(ValueError, match="row_counts"):
+        slice_from_record(record, 30, 16)
+
+
+def test_update_round_trips(server_identity):
+    dim, topk = 4, 2
+    mask = np.zeros((5, dim), bool)
+    mask[[1, 3]] = [True, False, True, False]
+    entries = np.array([4, 6, 12, 14])
+    update = DeviceUpdate(entries=entries, values=np.array([1, 2, 3, 4], np.float32),
+                          grow_entries=np.array([5, 13, 15]),
+                          grow_scores=np.array([0.5, 0.25, 2.0], np.float32),
+                          examples=6, loss=0.5, train_bytes=100)
+    sent = Message(content=RecordDict({}), dst_node_id=9, message_type=MessageType.TRAIN)
+    reply = Message(content=RecordDict({
+        "update": encode_update(update, dim=dim, topk=topk),
+        "reply": reply_metrics(update, device=3, server_round=2, tier_index=0)}), reply_to=sent)
+    decoded = decode_train_reply(reply, Expected(device=3, server_round=2, tier_index=0,
+                                                 tier_mask=mask, topk=topk))
+    assert decoded.weight == 6 and decoded.device == 3
+    assert decoded.entries.tolist() == entries.tolist()
+    assert decoded.values.tolist() == [1, 2, 3, 4]
+    assert decoded.grow_entries.tolist() == [5, 13, 15]
+    assert decoded.grow_scores.tolist() == [0.5, 0.25, 2.0]
+
+
+# ---------------------------------------------------------------- malformed replies
+
+def _set(key, value):
+    def mutate(arrays, metrics):
+        arrays[key] = value(arrays[key]) if callable(value) else value
+    return mutate
+
+
+def _metric(key, value):
+    def mutate(arrays, metrics):
+        metrics[key] = value(metrics[key]) if callable(value) else value
+    return mutate
+
+
+def _drop(key):
+    def mutate(arrays, metrics):
+        (arrays if key in arrays else metrics).pop(key)
+    return mutate
+
+
+def _poison(position, value):
+    def mutate(arrays, metrics):
+        values = arrays["values"].copy()
+        values[position] = value
+        arrays["values"] = values
+    return mutate
+
+
+def _repeat_row(arrays, metrics):
+    rows = arrays["rows"].copy()
+    rows[1] = rows[0]
+    arrays["rows"] = rows
+
+
+MALFORMED = {
+    "wrong dtype": (_set("values", lambda v: v.astype(np.float64)), "dtype"),
+    "wrong shape": (_set("grow_cols", lambda c: c[:, :1].copy()), "shape"),
+    "wrong rank": (_set("rows", lambda r: r.reshape(-1, 1)), "1-D"),
+    "index out of range": (_set("rows", lambda r: np.append(r[:-1], 10_000).astype(np.int32)),
+                           "out of range"),
+    "negative index": (_set("rows", lambda r: np.append(-1, r[1:]).astype(np.int32)),
+                       "out of range"),
+    "duplicate index": (_repeat_row, "ascending and distinct"),
+    "too few values": (_set("values", lambda v: v[:-1].copy()), "values, the tier mask has"),
+    "NaN": (_poison(0, np.nan), "NaN or Inf"),
+    "Inf": (_poison(1, np.inf), "NaN or Inf"),
+    "huge values": (_poison(0, 1e9), "above"),
+    "missing key": (_drop("grow_scores"), "missing array 'grow_scores'"),
+    "extra key": (_set("extra", np.zeros(3, np.float32)), "unexpected array 'extra'"),
+    "missing metric": (_drop("num-examples"), "missing metric 'num-examples'"),
+    "wrong tier": (_metric("tier-index", lambda t: t + 1), "tier-index"),
+    "replayed round": (_metric("round", lambda r: r - 1), "round"),
+    "another device": (_metric("device", lambda d: d + 1), "device"),
+    "zero weight": (_metric("num-examples", 0), "not positive"),
+}
+
+
+@pytest.fixture()
+def trained_round(server_identity, fleet_config, fleet_data):
+    """A strategy after sending round 1, and the honest replies of its devices."""
+    cfg = fleet_config("sparse.method=sparserec_no_nmf")
+    data = load_dataset(cfg.data.name)
+    plan = plan_fleet(cfg, data)
+    top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
+                      generator_for(0, 0, 0, "mask-init"))
+    values = np.random.default_rng(0).normal(scale=0.1, size=top.shape).astype(np.float32)
+    nodes = {100 + device: device for device in range(plan.n_devices)}
+
+    def new_strategy():
+        return SparseFedStrategy(cfg, plan, values, top, nodes)
+
+    strategy = new_strategy()
+    messages = list(strategy.configure_train(1, None, None, None))
+    replies = []
+    for message in messages:
+        device = nodes[message.metadata.dst_node_id]
+        context = Context(run_id=1, node_id=message.metadata.dst_node_id,
+                          node_config={"partition-id": device, "num-partitions": plan.n_devices},
+                          state=RecordDict(), run_config={})
+        replies.append(train(message, context))
+    return new_strategy, strategy, messages, replies
+
+
+def _tamper(reply, mutate):
+    arrays = {key: reply.content["update"][key].numpy() for key in reply.content["update"]}
+    metrics = dict(reply.content["reply"])
+    mutate(arrays, metrics)
+    sent = Message(content=RecordDict({}), dst_node_id=reply.metadata.src_node_id,
+                   message_type=MessageType.TRAIN)
+    return Message(content=RecordDict({"update": arrays_record(arrays),
+                                       "reply": MetricRecord(metrics)}), reply_to=sent)
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_update_is_rejected_and_the_round_goes_on_without_it(kind, trained_round,
+                                                                     caplog):
+    new_strategy, strategy, _, replies = trained_round
+    mutate, reason = MALFORMED[kind]
+    bad = 3
+    tampered = [*replies[:bad], _tamper(replies[bad], mutate), *replies[bad + 1:]]
+    with caplog.at_level("WARNING"):
+        _, counts = strategy.aggregate_train(1, tampered)
+    assert counts["rejected"] == 1 and counts["succeeded"] == len(replies) - 1
+    assert reason in caplog.text
+
+    dropped_out = new_strategy()
+    list(dropped_out.configure_train(1, None, None, None))
+    dropped_out.aggregate_train(1, replies[:bad] + replies[bad + 1:])
+    assert np.array_equal(strategy.item, dropped_out.item)
+    assert all(np.array_equal(a, b) for a, b in zip(strategy.masks, dropped_out.masks))
+
+
+def test_aggregation_ignores_reply_order(trained_round):
+    new_strategy, strategy, _, replies = trained_round
+    strategy.aggregate_train(1, replies)
+    reordered = new_strategy()
+    list(reordered.configure_train(1, None, None, None))
+    reordered.aggregate_train(1, replies[::-1])
+    assert np.array_equal(strategy.item, reordered.item)
+    assert all(np.array_equal(a, b) for a, b in zip(strategy.masks, reordered.masks))
+
+
+def test_error_reply_counts_as_failed(trained_round, server_identity):
+    _, strategy, messages, replies = trained_round
+    failed = Message(error=Error(code=0, reason="device crashed"), reply_to=messages[0])
+    _, counts = strategy.aggregate_train(1, [failed, *replies[1:]])
+    assert counts["failed"] == 1 and counts["rejected"] == 0
+
+
+def test_device_evaluates_with_its_own_slice(trained_round):
+    strategy = trained_round[1]
+    message = next(iter(strategy.configure_evaluate(1, None, None, None)))
+    context = Context(run_id=1, node_id=message.metadata.dst_node_id,
+                      node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    reply = evaluate(message, context)
+    metrics = reply.content["metrics"]
+    assert 0.0 <= metrics["recall@20"] <= 1.0 and metrics["n-test"] == 3
+    tier = strategy.plan.tiers[strategy.plan.device_tier[0]]
+    assert 0 < metrics["model-bytes"] <= tier.budget_bytes
