@@ -130,16 +130,17 @@ class FleetConfig:
 
     rounds: int = _option(10, low=1, doc="federated rounds")
     clients_per_round: int = _option(0, low=0, doc="devices sampled per round (0: all)")
-    local_epochs: int = _option(5, low=1, doc="passes over its interactions a device makes per round")
-    batch_size: int = _option(64, low=1, doc="positives per local step")
-    lr: float = _option(0.01, low=0.0, open_low=True, doc="device Adam learning rate")
+    local_epochs: int = _option(1, low=1,
+                                doc="passes over its interactions a device makes per round")
+    batch_size: int = _option(8, low=1, doc="positives per local step")
+    lr: float = _option(0.05, low=0.0, open_low=True, doc="device Adam learning rate")
     l2: float = _option(1e-4, low=0.0, doc="L2 weight on the batch's embeddings")
     negatives: int = _option(4, low=1, high=1024,
                              doc="negatives per positive, drawn once per round")
-    server_lr: float = _option(1.0, low=0.0, open_low=True,
+    server_lr: float = _option(10.0, low=0.0, open_low=True,
                                doc="step of the server on the aggregated per-entry delta")
     mask_interval: int = _option(2, low=1, doc="rounds between server mask updates (dR)")
-    growth_topk: int = _option(4, low=0, doc="growth scores a device sends per touched row")
+    growth_topk: int = _option(2, low=0, doc="growth scores a device sends per touched row")
     nmf_rounds: int = _option(5, low=1,
                               doc="federated NMF iterations (one query round trip each)")
     eval_every: int = _option(0, low=0, doc="evaluate every this many rounds (0: at the end only)")

@@ -52,10 +52,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DeviceLedger:
-    """Per-device accounting over the run."""
+    """Per-device accounting over the run: bytes of the encoded records down and up (and, of
+    the upload, the ``values`` and ``grow_scores`` arrays' data: the rest is index and
+    headers), messages sent to it, rounds whose update was accepted, the largest ``train-bytes`` it reported, its
+    last evaluation and, after the final one, its user row."""
 
     up_bytes: np.ndarray
+    up_payload_bytes: np.ndarray
     down_bytes: np.ndarray
+    messages: np.ndarray
     rounds: np.ndarray
     max_train_bytes: np.ndarray
     evaluation: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -64,8 +69,8 @@ class DeviceLedger:
     @classmethod
     def empty(cls, n_devices: int) -> DeviceLedger:
         zeros = np.zeros(n_devices, dtype=np.int64)
-        return cls(up_bytes=zeros.copy(), down_bytes=zeros.copy(), rounds=zeros.copy(),
-                   max_train_bytes=zeros.copy())
+        return cls(up_bytes=zeros.copy(), up_payload_bytes=zeros.copy(), down_bytes=zeros.copy(),
+                   messages=zeros.copy(), rounds=zeros.copy(), max_train_bytes=zeros.copy())
 
 
 class SparseFedStrategy(Strategy):
@@ -173,6 +178,7 @@ class SparseFedStrategy(Strategy):
             config = {**self._device_config(server_round, device), **(extra or {})}
             content = RecordDict({"item": slices[tier], "config": config_record(config)})
             self.ledger.down_bytes[device] += message_bytes(content)
+            self.ledger.messages[device] += 1
             node = self.device_nodes[device]
             self._sent[node] = device
             messages.append(Message(content=content, dst_node_id=node, message_type=message_type))
@@ -223,6 +229,8 @@ class SparseFedStrategy(Strategy):
                                device, exc)
                 continue
             accepted.append(update)
+            self.ledger.up_payload_bytes[device] += sum(
+                reply.content["update"][key].numpy().nbytes for key in ("values", "grow_scores"))
             losses.append(float(reply.content["reply"]["loss"]))
             self.ledger.rounds[device] += 1
             self.ledger.max_train_bytes[device] = max(self.ledger.max_train_bytes[device],

@@ -42,7 +42,8 @@ class FleetRun:
 
 def clients_table(run: FleetRun) -> pd.DataFrame:
     """One row per device: ``device_id, tier, budget_bytes, model_bytes, train_bytes,
-    recall@K, ndcg@K, n_test, up_bytes, down_bytes, rounds_participated``."""
+    recall@K, ndcg@K, n_test, up_bytes, up_payload_bytes, down_bytes, rounds_participated``
+    (bytes summed over the run)."""
     k, plan, ledger = run.cfg.train.topk, run.plan, run.ledger
     evaluation = [ledger.evaluation.get(device, {}) for device in range(plan.n_devices)]
     return pd.DataFrame({
@@ -55,6 +56,7 @@ def clients_table(run: FleetRun) -> pd.DataFrame:
         f"ndcg@{k}": [result.get(f"ndcg@{k}", np.nan) for result in evaluation],
         "n_test": [int(result.get("n-test", 0)) for result in evaluation],
         "up_bytes": ledger.up_bytes,
+        "up_payload_bytes": ledger.up_payload_bytes,
         "down_bytes": ledger.down_bytes,
         "rounds_participated": ledger.rounds,
     })
@@ -100,6 +102,10 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
             f"recall@{k}": float(tested[f"recall@{k}"].mean()),
             f"ndcg@{k}": float(tested[f"ndcg@{k}"].mean()),
             "up_bytes_per_device_round": float(members["up_bytes"].sum() / participations),
+            "up_payload_bytes_per_device_round": float(members["up_payload_bytes"].sum()
+                                                       / participations),
+            "down_bytes_per_message": float(members["down_bytes"].sum()
+                                            / max(int(run.ledger.messages[members.index].sum()), 1)),
             "item_mask_nnz": int(run.masks[index].sum()),
         }
     return metrics
