@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)   # chatty at Flower's import
     try:
         return args.handler(args)
     except FedsparseError as exc:

@@ -29,24 +29,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.data import InteractionData, load_dataset
-from fedsparse.fl.records import (
-    arrays_record,
-    encode_update,
-    record_arrays,
-    reply_metrics,
-    slice_from_record,
-    user_from_state,
-    user_state_record,
-)
+from fedsparse.fl.records import (arrays_record, encode_update, record_arrays, reply_metrics,
+                                  slice_from_record, user_from_state, user_state_record)
 from fedsparse.seeding import generator_for
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_user_step
-from fedsparse.train.device import (
-    LocalTraining,
-    UserRow,
-    evaluate_device,
-    model_bytes,
-    train_device,
-)
+from fedsparse.train.device import (LocalTraining, UserRow, evaluate_device, model_bytes,
+                                    train_device)
 
 logger = logging.getLogger(__name__)
 

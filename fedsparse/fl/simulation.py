@@ -44,12 +44,16 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
                                     "logging_level": "ERROR"}}
     flower_logger = logging.getLogger("flwr")
     notice_filter = _DropDeprecationNotice()
+    flower_level = flower_logger.level
     flower_logger.addFilter(notice_filter)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        flower_logger.setLevel(logging.WARNING)      # Flower logs its internals at DEBUG
     try:
         run_simulation(server_app=server_app, client_app=app, num_supernodes=num_supernodes,
                        backend_config=backend_config)
     finally:
         flower_logger.removeFilter(notice_filter)
+        flower_logger.setLevel(flower_level)
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path) -> dict[str, Any]:

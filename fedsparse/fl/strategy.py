@@ -17,34 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.config import ExperimentConfig
 from fedsparse.fl.fleet import FleetPlan
-from fedsparse.fl.records import (
-    Expected,
-    RejectedUpdate,
-    config_record,
-    decode_train_reply,
-    message_bytes,
-    slice_record,
-)
+from fedsparse.fl.records import (Expected, RejectedUpdate, config_record, decode_train_reply,
+                                  message_bytes, slice_record)
 from fedsparse.seeding import numpy_rng_for
-from fedsparse.sparse import (
-    SparseEmbeddingTable,
-    cosine_update_fraction,
-    update_count,
-    update_mask,
-)
+from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
+                              update_count, update_mask)
 from fedsparse.sparse.federated import aggregate_sparse_updates, nested_tier_masks
 
 logger = logging.getLogger(__name__)
@@ -54,8 +37,8 @@ logger = logging.getLogger(__name__)
 class DeviceLedger:
     """Per-device accounting over the run: bytes of the encoded records down and up (and, of
     the upload, the ``values`` and ``grow_scores`` arrays' data: the rest is index and
-    headers), messages sent to it, rounds whose update was accepted, the largest ``train-bytes`` it reported, its
-    last evaluation and, after the final one, its user row."""
+    headers), messages sent to it, rounds whose update was accepted, the largest
+    ``train-bytes`` it reported, its last evaluation and, after the final one, its user row."""
 
     up_bytes: np.ndarray
     up_payload_bytes: np.ndarray
@@ -118,16 +101,18 @@ class SparseFedStrategy(Strategy):
     def is_mask_round(self, server_round: int) -> bool:
         """Whether the masks move after ``server_round``'s aggregation."""
         grows = self.cfg.sparse.method not in ("dense", "static")
-        end = max(1, round(self.cfg.sparse.end_fraction * self.cfg.fl.rounds))
-        return grows and server_round % self.cfg.fl.mask_interval == 0 and server_round <= end
+        return grows and is_update_step(server_round, self.cfg.fl.mask_interval, self._end_round())
+
+    def _end_round(self) -> int:
+        """Last round after which masks may move (``sparse.end_fraction`` of the rounds)."""
+        return max(1, round(self.cfg.sparse.end_fraction * self.cfg.fl.rounds))
 
     def update_masks(self, server_round: int) -> int:
         """Prune the densest tier's smallest |w| and grow its best-scored inactive entries
         (cosine-decayed fraction), then re-derive every tier's mask; returns entries moved."""
-        end = max(1, round(self.cfg.sparse.end_fraction * self.cfg.fl.rounds))
         fraction = cosine_update_fraction(server_round,
                                           initial_fraction=self.cfg.sparse.initial_fraction,
-                                          end_step=end)
+                                          end_step=self._end_round())
         top = torch.from_numpy(self.masks[self.top_tier])
         update = update_mask(top, torch.from_numpy(np.abs(self.item)),
                              torch.from_numpy(self.growth.astype(np.float32)),

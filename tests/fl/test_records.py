@@ -3,28 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import (
-    Array,
-    Context,
-    Error,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import (Array, Context, Error, Message, MessageType, MetricRecord, RecordDict)
 
 from fedsparse.data import load_dataset
 from fedsparse.fl.client_app import evaluate, train
 from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.records import (
-    Expected,
-    arrays_record,
-    decode_train_reply,
-    encode_update,
-    reply_metrics,
-    slice_from_record,
-    slice_record,
-)
+from fedsparse.fl.records import (Expected, arrays_record, decode_train_reply, encode_update,
+                                  reply_metrics, slice_from_record, slice_record)
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
