@@ -10,8 +10,11 @@ Up (device -> server, TRAIN): ``"update"``, an ``ArrayRecord`` with
 * ``values`` (E,) float32, its values at the tier mask's active entries of those rows, row by
   row in ascending column (E = the rows' active counts: the server knows the mask, so no
   per-value index travels);
-* ``grow_cols`` (T, k) uint8 and ``grow_scores`` (T, k) float16: per touched row, the k
-  inactive entries with the largest accumulated |grad| (score 0: no entry);
+* ``grow_cols`` (T, k) uint8, ``grow_scores`` (T, k) uint8 and ``grow_scale`` (1,) float32:
+  per touched row, the k inactive entries with the largest accumulated |grad|, the scores
+  quantised as ``round(255 * score / grow_scale)`` with ``grow_scale`` the reply's largest
+  score (code 0: no entry; a score below 1/510 of the largest is dropped). One byte per score
+  keeps the growth evidence small next to the values of the sparsest tier;
 
 and ``"reply"``, a ``MetricRecord`` with ``device``, ``round``, ``tier-index``,
 ``num-examples``, ``loss`` and ``train-bytes``. :func:`decode_train_reply` checks all of it and
@@ -33,7 +36,9 @@ from fedsparse.train.device import DeviceUpdate, UserRow
 MAX_ABS_VALUE = 1e4
 
 UPDATE_ARRAYS = {"rows": (np.int32, 1), "values": (np.float32, 1), "grow_cols": (np.uint8, 2),
-                 "grow_scores": (np.float16, 2)}
+                 "grow_scores": (np.uint8, 2), "grow_scale": (np.float32, 1)}
+#: Arrays of an update that are payload (the rest is index).
+PAYLOAD_ARRAYS = ("values", "grow_scores", "grow_scale")
 REPLY_METRICS = ("device", "round", "tier-index", "num-examples", "loss", "train-bytes")
 
 
@@ -72,14 +77,16 @@ def encode_update(update: DeviceUpdate, *, dim: int, topk: int) -> ArrayRecord:
     """The ``"update"`` record of a device's :class:`DeviceUpdate`."""
     rows = np.unique(update.entries // dim).astype(np.int32)
     grow_cols = np.zeros((len(rows), topk), np.uint8)
-    grow_scores = np.zeros((len(rows), topk), np.float16)
+    grow_codes = np.zeros((len(rows), topk), np.uint8)
     grow_rows = update.grow_entries // dim
     slot = np.searchsorted(rows, grow_rows)                                       # (G,)
     rank = np.arange(len(grow_rows)) - np.searchsorted(grow_rows, grow_rows)      # (G,)
+    scale = np.float32(min(update.grow_scores.max(initial=0.0), MAX_ABS_VALUE))
     grow_cols[slot, rank] = update.grow_entries % dim
-    grow_scores[slot, rank] = np.minimum(update.grow_scores, MAX_ABS_VALUE)
+    if scale > 0:
+        grow_codes[slot, rank] = np.rint(255 * np.minimum(update.grow_scores, scale) / scale)
     return arrays_record({"rows": rows, "values": update.values, "grow_cols": grow_cols,
-                          "grow_scores": grow_scores})
+                          "grow_scores": grow_codes, "grow_scale": np.array([scale])})
 
 
 def reply_metrics(update: DeviceUpdate, *, device: int, server_round: int,
@@ -114,6 +121,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], topk: int) -> None:
         if arrays[key].ndim != ndim:
             raise RejectedUpdate(f"{key}: {arrays[key].ndim}-D, expected {ndim}-D")
     n_rows = len(arrays["rows"])
+    if arrays["grow_scale"].shape != (1,):
+        raise RejectedUpdate(f"grow_scale: shape {arrays['grow_scale'].shape}, expected (1,)")
     for key in ("grow_cols", "grow_scores"):
         if arrays[key].shape != (n_rows, topk):
             raise RejectedUpdate(f"{key}: shape {arrays[key].shape}, expected {(n_rows, topk)}")
@@ -169,14 +178,15 @@ def decode_train_reply(reply: Message, expected: Expected) -> SparseUpdate:
     values = arrays["values"]
     if values.size != entries.size:
         raise RejectedUpdate(f"{values.size} values, the tier mask has {entries.size} there")
-    scores = arrays["grow_scores"].astype(np.float32)
-    for key, data in (("values", values), ("grow_scores", scores)):
+    scale = arrays["grow_scale"]
+    for key, data in (("values", values), ("grow_scale", scale)):
         if not np.isfinite(data).all():
             raise RejectedUpdate(f"{key}: NaN or Inf")
         if (np.abs(data) > MAX_ABS_VALUE).any():
             raise RejectedUpdate(f"{key}: |x| above {MAX_ABS_VALUE:g}")
-    if (scores < 0).any():
-        raise RejectedUpdate("grow_scores: negative")
+    if scale[0] < 0:
+        raise RejectedUpdate("grow_scale: negative")
+    scores = arrays["grow_scores"].astype(np.float32) * (scale[0] / 255)          # (T, k)
     cols = arrays["grow_cols"].astype(np.int64)
     live = scores > 0
     if (cols[live] >= dim).any():

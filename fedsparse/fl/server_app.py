@@ -184,11 +184,13 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, out_dir: Path) -> FleetRun:
                **{key: counts[key] for key in counts},
                "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
                "mask-updates": strategy.mask_updates}
+        row["seconds"] = time.perf_counter() - round_start
         every = cfg.fl.eval_every
         final = server_round == cfg.fl.rounds
         if final or (every and server_round % every == 0):
+            eval_start = time.perf_counter()
             row.update(_evaluate(strategy, grid, server_round, final=final))
-        row["seconds"] = time.perf_counter() - round_start
+            row["eval-seconds"] = time.perf_counter() - eval_start
         history.append(row)
         logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
                     ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))

@@ -23,8 +23,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsparse.config import ExperimentConfig
 from fedsparse.fl.fleet import FleetPlan
-from fedsparse.fl.records import (Expected, RejectedUpdate, config_record, decode_train_reply,
-                                  message_bytes, slice_record)
+from fedsparse.fl.records import (PAYLOAD_ARRAYS, Expected, RejectedUpdate, config_record,
+                                  decode_train_reply, message_bytes, slice_record)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DeviceLedger:
     """Per-device accounting over the run: bytes of the encoded records down and up (and, of
-    the upload, the ``values`` and ``grow_scores`` arrays' data: the rest is index and
+    the upload, the data of :data:`~fedsparse.fl.records.PAYLOAD_ARRAYS`: the rest is index and
     headers), messages sent to it, rounds whose update was accepted, the largest
     ``train-bytes`` it reported, its last evaluation and, after the final one, its user row."""
 
@@ -215,7 +215,7 @@ class SparseFedStrategy(Strategy):
                 continue
             accepted.append(update)
             self.ledger.up_payload_bytes[device] += sum(
-                reply.content["update"][key].numpy().nbytes for key in ("values", "grow_scores"))
+                reply.content["update"][key].numpy().nbytes for key in PAYLOAD_ARRAYS)
             losses.append(float(reply.content["reply"]["loss"]))
             self.ledger.rounds[device] += 1
             self.ledger.max_train_bytes[device] = max(self.ledger.max_train_bytes[device],

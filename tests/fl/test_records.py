@@ -54,7 +54,7 @@ def test_update_round_trips(server_identity):
     assert decoded.entries.tolist() == entries.tolist()
     assert decoded.values.tolist() == [1, 2, 3, 4]
     assert decoded.grow_entries.tolist() == [5, 13, 15]
-    assert decoded.grow_scores.tolist() == [0.5, 0.25, 2.0]
+    np.testing.assert_allclose(decoded.grow_scores, [0.5, 0.25, 2.0], atol=2.0 / 510)
 
 
 # ---------------------------------------------------------------- malformed replies
@@ -104,6 +104,7 @@ MALFORMED = {
     "NaN": (_poison(0, np.nan), "NaN or Inf"),
     "Inf": (_poison(1, np.inf), "NaN or Inf"),
     "huge values": (_poison(0, 1e9), "above"),
+    "NaN growth scale": (_set("grow_scale", np.array([np.nan], np.float32)), "NaN or Inf"),
     "missing key": (_drop("grow_scores"), "missing array 'grow_scores'"),
     "extra key": (_set("extra", np.zeros(3, np.float32)), "unexpected array 'extra'"),
     "missing metric": (_drop("num-examples"), "missing metric 'num-examples'"),
