@@ -144,8 +144,14 @@ class SparseFedStrategy(Strategy):
                 "split": self.cfg.data.split, "dim": self.dim,
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
-                "negatives": fl.negatives, "growth-topk": fl.growth_topk,
+                "negatives": fl.negatives, "growth-topk": self.growth_topk,
                 "topk": self.cfg.train.topk}
+
+    @property
+    def growth_topk(self) -> int:
+        """Growth scores per touched row a device sends: ``fl.growth_topk``, or 0 for methods
+        whose masks never grow (dense, static)."""
+        return 0 if self.cfg.sparse.method in ("dense", "static") else self.cfg.fl.growth_topk
 
     def _enforced_budget(self, tier: int) -> int:
         """The tier's budget in bytes, or 0 (none) for dense FedAvg, whose devices all hold
@@ -204,7 +210,7 @@ class SparseFedStrategy(Strategy):
                 tier = int(self.plan.device_tier[device])
                 update = decode_train_reply(reply, Expected(
                     device=device, server_round=server_round, tier_index=tier,
-                    tier_mask=self.masks[tier], topk=self.cfg.fl.growth_topk))
+                    tier_mask=self.masks[tier], topk=self.growth_topk))
                 train_bytes = int(reply.content["reply"]["train-bytes"])
                 if 0 < self._enforced_budget(tier) < train_bytes:
                     raise RejectedUpdate(f"train-bytes {train_bytes} over the tier budget")
