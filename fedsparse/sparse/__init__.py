@@ -1,35 +1,15 @@
 """Sparse embedding storage, byte budgets, and the mask machinery of dynamic sparse training."""
 
-from fedsparse.sparse.budget import (
-                                    density_for_budget,
-                                    nnz_for_budget,
-                                    spread_mask,
-                                    table_bytes,
-)
+from fedsparse.sparse.budget import density_for_budget, nnz_for_budget, spread_mask, table_bytes
 from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
-from fedsparse.sparse.masks import (
-                                    mask_nnz,
-                                    nmf_masks,
-                                    nmf_scores,
-                                    random_mask,
-                                    top_fraction_mask,
-)
-from fedsparse.sparse.schedules import (
-                                    constant_update_fraction,
-                                    cosine_update_fraction,
-                                    is_update_step,
-                                    update_count,
-)
+from fedsparse.sparse.masks import (mask_nnz, nmf_masks, nmf_scores, random_mask,
+                                    top_fraction_mask)
+from fedsparse.sparse.schedules import (constant_update_fraction, cosine_update_fraction,
+                                        is_update_step, update_count)
 from fedsparse.sparse.storage import SparseEmbeddingTable
-from fedsparse.sparse.update import (
-                                    GradientAccumulator,
-                                    MaskUpdate,
-                                    apply_update,
-                                    gradient_scores,
-                                    magnitude_scores,
-                                    random_scores,
-                                    update_mask,
-)
+from fedsparse.sparse.update import (GradientAccumulator, MaskUpdate, apply_update,
+                                     gradient_scores, magnitude_scores, random_scores,
+                                     update_mask)
 
 __all__ = ["DenseEmbeddingTable", "EmbeddingTable", "GradientAccumulator", "MaskUpdate",
            "SparseEmbeddingTable", "apply_update", "constant_update_fraction",

@@ -1,11 +1,6 @@
 """Training loops (plain PyTorch, no Flower)."""
 
-from fedsparse.train.centralized import (
-                                         TrainResult,
-                                         build_training,
-                                         evaluate_model,
-                                         train_centralized,
-                                         train_step,
-)
+from fedsparse.train.centralized import (TrainResult, build_training, evaluate_model,
+                                         train_centralized, train_step)
 
 __all__ = ["TrainResult", "build_training", "evaluate_model", "train_centralized", "train_step"]

@@ -45,24 +45,11 @@ from fedsparse.data.dataset import InteractionData
 from fedsparse.errors import ConfigError
 from fedsparse.models import Recommender
 from fedsparse.seeding import generator_for
-from fedsparse.sparse import (
-    EmbeddingTable,
-    GradientAccumulator,
-    SparseEmbeddingTable,
-    apply_update,
-    constant_update_fraction,
-    cosine_update_fraction,
-    density_for_budget,
-    gradient_scores,
-    is_update_step,
-    magnitude_scores,
-    nmf_masks,
-    random_mask,
-    random_scores,
-    top_fraction_mask,
-    update_count,
-    update_mask,
-)
+from fedsparse.sparse import (EmbeddingTable, GradientAccumulator, SparseEmbeddingTable,
+                              apply_update, constant_update_fraction, cosine_update_fraction,
+                              density_for_budget, gradient_scores, is_update_step,
+                              magnitude_scores, nmf_masks, random_mask, random_scores,
+                              top_fraction_mask, update_count, update_mask)
 from fedsparse.sparse.sampled import importance_weights, sample_backward_rows
 
 logger = logging.getLogger(__name__)

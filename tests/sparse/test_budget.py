@@ -3,13 +3,8 @@ import pytest
 import torch
 
 from fedsparse.errors import ConfigError
-from fedsparse.sparse import (
-    SparseEmbeddingTable,
-    density_for_budget,
-    nnz_for_budget,
-    spread_mask,
-    table_bytes,
-)
+from fedsparse.sparse import (SparseEmbeddingTable, density_for_budget, nnz_for_budget, spread_mask,
+                              table_bytes)
 
 
 def adam_bytes(table: SparseEmbeddingTable) -> int:

@@ -1,11 +1,7 @@
 import numpy as np
 import torch
 
-from fedsparse.sparse import (
-    DenseEmbeddingTable,
-    GradientAccumulator,
-    SparseEmbeddingTable,
-)
+from fedsparse.sparse import DenseEmbeddingTable, GradientAccumulator, SparseEmbeddingTable
 
 
 def test_dense_table_has_the_sparse_table_interface():

@@ -6,13 +6,7 @@ from hypothesis import strategies as st
 from sklearn.decomposition import NMF
 
 from fedsparse.seeding import generator_for
-from fedsparse.sparse import (
-    mask_nnz,
-    nmf_masks,
-    nmf_scores,
-    random_mask,
-    top_fraction_mask,
-)
+from fedsparse.sparse import mask_nnz, nmf_masks, nmf_scores, random_mask, top_fraction_mask
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 20), st.floats(0.01, 1.0))
 

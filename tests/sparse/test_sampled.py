@@ -3,11 +3,7 @@ import scipy.sparse as sp
 import torch
 
 from fedsparse.seeding import generator_for
-from fedsparse.sparse.sampled import (
-    importance_weights,
-    induced_adjacency,
-    sample_backward_rows,
-)
+from fedsparse.sparse.sampled import importance_weights, induced_adjacency, sample_backward_rows
 
 
 def test_importance_weights_mix_gradient_norms_and_degree_prior():

@@ -6,19 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsparse.seeding import generator_for
-from fedsparse.sparse import (
-    GradientAccumulator,
-    SparseEmbeddingTable,
-    apply_update,
-    constant_update_fraction,
-    cosine_update_fraction,
-    gradient_scores,
-    is_update_step,
-    magnitude_scores,
-    random_scores,
-    update_count,
-    update_mask,
-)
+from fedsparse.sparse import (GradientAccumulator, SparseEmbeddingTable, apply_update,
+                              constant_update_fraction, cosine_update_fraction, gradient_scores,
+                              is_update_step, magnitude_scores, random_scores, update_count,
+                              update_mask)
 
 
 def test_cosine_fraction_at_start_middle_end_and_after():
