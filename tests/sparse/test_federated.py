@@ -9,17 +9,9 @@ from hypothesis import strategies as st
 
 from fedsparse.data import synthetic_dataset
 from fedsparse.seeding import generator_for
-from fedsparse.sparse.federated import (
-    SparseUpdate,
-    aggregate_sparse_updates,
-    initial_nmf_items,
-    initial_nmf_row,
-    nested_tier_masks,
-    nmf_item_scores,
-    nmf_item_step,
-    nmf_multiplicative,
-    nmf_user_step,
-)
+from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates, initial_nmf_items,
+                                        initial_nmf_row, nested_tier_masks, nmf_item_scores,
+                                        nmf_item_step, nmf_multiplicative, nmf_user_step)
 from fedsparse.sparse.masks import mask_nnz, random_mask
 
 

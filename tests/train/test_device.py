@@ -7,15 +7,8 @@ import torch
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.sparse.masks import random_mask
-from fedsparse.train.device import (
-    LocalTraining,
-    UserRow,
-    device_reserve_bytes,
-    evaluate_device,
-    model_bytes,
-    touched_rows_bound,
-    train_device,
-)
+from fedsparse.train.device import (LocalTraining, UserRow, device_reserve_bytes, evaluate_device,
+                                    model_bytes, touched_rows_bound, train_device)
 
 HP = LocalTraining(local_epochs=3, batch_size=4, lr=0.05, l2=1e-4, negatives=2, growth_topk=3)
 
