@@ -42,6 +42,7 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
     backend_config = {"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
                       "init_args": {"num_cpus": num_cpus, "log_to_driver": False,
                                     "logging_level": "ERROR"}}
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # quiets a Ray warning
     flower_logger = logging.getLogger("flwr")
     notice_filter = _DropDeprecationNotice()
     flower_level = flower_logger.level
@@ -72,7 +73,6 @@ def simulate(cfg: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
     metrics_path = out_dir / "metrics.json"
     if metrics_path.exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,
                 ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
                           for i, tier in enumerate(plan.tiers)), data.name, out_dir)

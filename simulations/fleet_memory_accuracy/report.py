@@ -60,7 +60,8 @@ def fleet_table(runs: dict[str, dict], bare: dict | None) -> str:
         if bare is not None:
             row["/ bare Flower round"] = metrics["seconds_per_round"] / bare["seconds_per_round"]
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+    formats = ("", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f", ".2f")
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
 
 
 def targets(runs: dict[str, dict]) -> str:
@@ -78,10 +79,11 @@ def targets(runs: dict[str, dict]) -> str:
             payload = values["up_payload_bytes_per_device_round"]
             index = values["up_bytes_per_device_round"] - payload
             verdict = "met" if payload <= allowed else "MISSED"
-            lines.append(f"- upload, tier {tier}: {payload / 1000:.1f} KB of values and growth "
-                         f"scores per device-round against 1.2 x density x dense FedAvg's "
-                         f"{allowed / 1000:.1f} KB, plus {index / 1000:.1f} KB of index and "
-                         f"headers: **{verdict}**.")
+            ratio = payload / (values["density"] * dense["up_payload_bytes_per_device_round"])
+            lines.append(f"- upload, tier {tier}: {payload / 1000:.2f} KB of values and growth "
+                         f"scores per device-round, {ratio:.2f} x (density x dense FedAvg's), "
+                         f"against 1.2 x: {allowed / 1000:.2f} KB; plus {index / 1000:.2f} KB "
+                         f"of index and headers: **{verdict}**.")
     if {"sparserec", "sparserec_no_nmf"} <= set(runs):
         for tier, values in runs["sparserec"]["tiers"].items():
             other = runs["sparserec_no_nmf"]["tiers"][tier]["recall@20"]
