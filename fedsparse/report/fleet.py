@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from fedsparse.config import ExperimentConfig, dump_config
 from fedsparse.data import InteractionData
+from fedsparse.fl.fleet import FleetPlan
 from fedsparse.report.results import peak_memory_mb
 
 
@@ -26,12 +27,13 @@ from fedsparse.report.results import peak_memory_mb
 class FleetRun:
     """Everything a finished simulation leaves behind.
 
-    ``ledger`` is the strategy's per-device accounting (bytes up and down, rounds
-    participated, largest ``train_bytes`` reported, final evaluation, user rows).
+    ``ledger`` is the strategy's :class:`~fedsparse.fl.strategy.DeviceLedger` (bytes up and
+    down, rounds participated, largest ``train_bytes`` reported, final evaluation, user rows);
+    typed loosely so that writing results needs no Flower import.
     """
 
     cfg: ExperimentConfig
-    plan: Any
+    plan: FleetPlan
     data: InteractionData
     item: np.ndarray
     masks: list[np.ndarray]
