@@ -44,7 +44,6 @@ app = ClientApp()
 @lru_cache(maxsize=2)
 def _dataset(name: str, split: str) -> InteractionData:
     """The dataset, loaded once per process (read-only)."""
-    torch.set_num_threads(1)
     return load_dataset(name, split)
 
 
@@ -64,6 +63,7 @@ def _user_row(context: Context, config: ConfigRecord) -> UserRow:
 def train(msg: Message, context: Context) -> Message:
     """Local training for one round; replies with the sparse update."""
     config = msg.content["config"]
+    torch.set_num_threads(int(config["threads"]))     # the client's CPUs; more oversubscribe
     data = _dataset(str(config["dataset"]), str(config["split"]))
     device, server_round = int(config["device"]), int(config["round"])
     dim, topk = int(config["dim"]), int(config["growth-topk"])
@@ -88,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Rank every item with the device's own sparse model."""
     config = msg.content["config"]
+    torch.set_num_threads(int(config["threads"]))
     data = _dataset(str(config["dataset"]), str(config["split"]))
     user_id, k = int(config["user"]), int(config["topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))

@@ -145,7 +145,7 @@ class SparseFedStrategy(Strategy):
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
                 "negatives": fl.negatives, "growth-topk": self.growth_topk,
-                "topk": self.cfg.train.topk}
+                "topk": self.cfg.train.topk, "threads": max(1, int(fl.client_cpus))}
 
     @property
     def growth_topk(self) -> int:
