@@ -1,8 +1,9 @@
 """The ClientApp: one device of the fleet (one user), on Flower's Message API.
 
-Everything a device needs to know arrives in the message's ``"config"`` record (dataset, its
-user id, round, seed, local hyperparameters), so the same app runs under ``fedsparse simulate``,
-``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam state, NMF
+A device knows its own data: its ``partition-id`` (node config) indexes the users with training
+interactions. Everything else arrives in the message's ``"config"`` record (dataset, device id
+and tier, round, seed, local hyperparameters), so the same app runs under ``fedsparse
+simulate``, ``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam state, NMF
 row) lives in ``context.state``; the dataset is a read-only per-process cache.
 
 Handlers:
@@ -29,6 +30,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.data import InteractionData, load_dataset
+from fedsparse.fl.fleet import fleet_users
 from fedsparse.fl.records import (arrays_record, encode_update, record_arrays, reply_metrics,
                                   slice_from_record, user_from_state, user_state_record)
 from fedsparse.seeding import generator_for
@@ -52,6 +54,11 @@ def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
     return split.indices[split.indptr[user]:split.indptr[user + 1]].astype(np.int64)
 
 
+def _own_user(context: Context, data: InteractionData) -> int:
+    """The user this device is: its partition id indexes the users with training data."""
+    return int(fleet_users(data)[int(context.node_config["partition-id"])])
+
+
 def _user_row(context: Context, config: ConfigRecord) -> UserRow:
     if "user" in context.state:
         return user_from_state(context.state["user"])
@@ -73,7 +80,7 @@ def train(msg: Message, context: Context) -> Message:
                        l2=float(config["l2"]), negatives=int(config["negatives"]),
                        growth_topk=topk)
     update, user = train_device(item_table, _user_row(context, config),
-                                _items(data, "train", int(config["user"])), hp,
+                                _items(data, "train", _own_user(context, data)), hp,
                                 generator=generator_for(int(config["seed"]), server_round, device,
                                                         "local-train"),
                                 budget_bytes=int(config["budget-bytes"]) or None)
@@ -90,7 +97,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     torch.set_num_threads(int(config["threads"]))
     data = _dataset(str(config["dataset"]), str(config["split"]))
-    user_id, k = int(config["user"]), int(config["topk"])
+    user_id, k = _own_user(context, data), int(config["topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))
     user = _user_row(context, config)
     test_items = _items(data, "test", user_id)
@@ -115,15 +122,14 @@ def query(msg: Message, context: Context) -> Message:
     device = int(context.node_config["partition-id"])
     if question == "profile":
         data = _dataset(str(config["dataset"]), str(config["split"]))
-        users = np.flatnonzero(np.diff(data.train.indptr) > 0)
-        user = int(users[device])
+        user = _own_user(context, data)
         reply = MetricRecord({"device": device, "n-train": len(_items(data, "train", user)),
                               "n-test": len(_items(data, "test", user))})
         return Message(content=RecordDict({"profile": reply}), reply_to=msg)
     if question != "nmf":
         raise ValueError(f"unknown query {question!r}")
     data = _dataset(str(config["dataset"]), str(config["split"]))
-    items = _items(data, "train", int(config["user"]))
+    items = _items(data, "train", _own_user(context, data))
     seed, rank = int(config["seed"]), int(config["rank"])
     if "factors" in msg.content:                          # later iterations: what it needs of H
         factors = record_arrays(msg.content["factors"])

@@ -84,7 +84,7 @@ def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig,
 
 
 def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfig,
-                  plan: FleetPlan, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+                  n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """``fl.nmf_rounds`` multiplicative-update iterations with every device.
 
     In each iteration every device updates its own row W_u and returns it with its item ids,
@@ -110,7 +110,7 @@ def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfi
             device = node_devices[node]
             content = RecordDict({"config": config_record({
                 "question": "nmf", "dataset": cfg.data.name, "split": cfg.data.split,
-                "seed": cfg.seed, "rank": dim, "user": int(plan.users[device])})})
+                "seed": cfg.seed, "rank": dim})})
             if device in device_items:
                 content["factors"] = arrays_record({"h_items": h[:, device_items[device]],
                                                     "gram_h": gram_h})
@@ -142,7 +142,7 @@ def initial_top_mask(grid: Grid, node_devices: dict[int, int], cfg: ExperimentCo
         return np.ones((n_items, dim), dtype=bool)
     if cfg.sparse.method in ("static", "sparserec_no_nmf"):
         return random_mask(n_items, dim, density, generator_for(cfg.seed, 0, 0, "mask-init"))
-    h, gram = federated_nmf(grid, node_devices, cfg, plan, n_items)
+    h, gram = federated_nmf(grid, node_devices, cfg, n_items)
     ties = numpy_rng_for(cfg.seed, 0, 0, "nmf-mask-ties").random((n_items, dim))
     return top_fraction_mask(nmf_item_scores(h, gram), density, tie_break=ties)
 
