@@ -3,8 +3,8 @@
 A device knows its own data: its ``partition-id`` (node config) indexes the users with training
 interactions. Everything else arrives in the message's ``"config"`` record (dataset, device id
 and tier, round, seed, local hyperparameters), so the same app runs under ``fedsparse
-simulate``, ``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam state, NMF
-row) lives in ``context.state``; the dataset is a read-only per-process cache.
+simulate``, ``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam
+state, NMF row) lives in ``context.state``; the dataset is a read-only per-process cache.
 
 Handlers:
 

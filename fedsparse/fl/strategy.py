@@ -138,7 +138,8 @@ class SparseFedStrategy(Strategy):
 
     def _device_config(self, server_round: int, device: int) -> dict[str, int | float | str]:
         fl, tier = self.cfg.fl, int(self.plan.device_tier[device])
-        return {"round": server_round, "device": device, "tier-index": tier, "budget-bytes": self._enforced_budget(tier),
+        return {"round": server_round, "device": device, "tier-index": tier,
+                "budget-bytes": self._enforced_budget(tier),
                 "seed": self.cfg.seed, "dataset": self.cfg.data.name,
                 "split": self.cfg.data.split, "dim": self.dim,
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,

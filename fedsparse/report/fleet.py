@@ -106,8 +106,9 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
             "up_bytes_per_device_round": float(members["up_bytes"].sum() / participations),
             "up_payload_bytes_per_device_round": float(members["up_payload_bytes"].sum()
                                                        / participations),
-            "down_bytes_per_message": float(members["down_bytes"].sum()
-                                            / max(int(run.ledger.messages[members.index].sum()), 1)),
+            "down_bytes_per_message": float(
+                members["down_bytes"].sum()
+                / max(int(run.ledger.messages[members.index].sum()), 1)),
             "item_mask_nnz": int(run.masks[index].sum()),
         }
     return metrics

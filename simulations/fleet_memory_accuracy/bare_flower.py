@@ -47,8 +47,10 @@ def main() -> None:
         nodes = wait_for_nodes(grid, args.devices)
         for server_round in range(1, args.rounds + 1):
             start = time.perf_counter()
-            messages = [Message(content=RecordDict({"config": ConfigRecord({"round": server_round})}),
-                                dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
+            messages = [
+                Message(content=RecordDict({"config": ConfigRecord({"round": server_round})}),
+                        dst_node_id=node, message_type=MessageType.TRAIN)
+                for node in nodes]
             replies = list(grid.send_and_receive(messages))
             assert len(replies) == len(nodes) and not any(r.has_error() for r in replies)
             seconds.append(time.perf_counter() - start)

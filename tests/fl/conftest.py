@@ -25,7 +25,8 @@ def fleet_data_dir(tmp_path_factory, fleet_data):
     return write_dataset(fleet_data, tmp_path_factory.mktemp("fleet") / "data")
 
 
-FLEET = ["sparse.method=sparserec", "model.dim=8", "fl.rounds=2", "fl.nmf_rounds=2", "fl.mask_interval=1",
+FLEET = ["sparse.method=sparserec", "model.dim=8", "fl.rounds=2", "fl.nmf_rounds=2",
+         "fl.mask_interval=1",
          "fl.local_epochs=2", "fl.batch_size=4", "fl.negatives=2", "fl.growth_topk=2",
          "fl.tiers.small.budget_bytes=3000", "fl.tiers.small.share=0.5",
          "fl.tiers.large.budget_bytes=5000", "fl.tiers.large.share=0.5", "fl.num_cpus=2"]

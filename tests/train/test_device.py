@@ -25,7 +25,8 @@ def test_round_trains_touched_rows_only_and_reports_growth_on_inactive_entries(d
     table, user, positives = device
     before = table.to_dense().detach().clone()
     mask = table.mask().clone()
-    update, new_user = train_device(table, user, positives, HP, generator=generator_for(0, 1, 7, "t"))
+    update, new_user = train_device(table, user, positives, HP,
+                                    generator=generator_for(0, 1, 7, "t"))
     after = table.to_dense().detach()
     changed_rows = set(torch.nonzero((after != before).any(dim=1)).squeeze(1).tolist())
     uploaded_rows = set((update.entries // 8).tolist())
