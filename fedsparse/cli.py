@@ -57,7 +57,8 @@ def _simulate(args: argparse.Namespace) -> int:
               f"up {metrics['up_bytes_per_round'] / 2**20:.2f} MiB/round  "
               f"down {metrics['down_bytes_per_round'] / 2**20:.2f} MiB/round  "
               f"rejected {metrics['rejected']}  failed {metrics['failed']}  "
-              f"within budget: {'yes' if metrics['within_budget'] else 'NO'}")]
+              + ("budgets not applied (dense FedAvg)" if cfg.sparse.method == "dense" else
+                 f"within budget: {'yes' if metrics['within_budget'] else 'NO'}"))]
     for name, tier in metrics["tiers"].items():
         lines.append(f"  {name:>10}: {tier['devices']} devices, budget {tier['budget_bytes']} B, "
                      f"density {tier['density']:.3f}, model <= {tier['model_bytes_max']} B, "

@@ -7,23 +7,27 @@ import pandas as pd
 import pytest
 
 from fedsparse.cli import main
+from fedsparse.config import dump_config
+from fedsparse.errors import FedsparseError
 from fedsparse.fl.simulation import simulate
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_rounds_of_a_small_fleet_through_flower(fleet_config, fleet_data, tmp_path,
-                                                    monkeypatch):
+                                                    monkeypatch, capsys):
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
     out = tmp_path / "run"
-    cfg = fleet_config()
-    metrics = simulate(cfg, out)
+    dump_config(fleet_config(), tmp_path / "fleet.toml")
+    assert main(["simulate", str(tmp_path / "fleet.toml"), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "within budget: yes" in summary and f"results: {out}" in summary
+    metrics = json.loads((out / "metrics.json").read_text())
 
     assert {p.name for p in out.iterdir()} >= {"config.toml", "metrics.json", "history.csv",
                                                "clients.csv", "model.npz",
                                                "memory_vs_accuracy.png"}
-    assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["devices"] == fleet_data.n_users and metrics["within_budget"]
     assert metrics["rejected"] == 0 and metrics["failed"] == 0
     assert 0.0 < metrics["recall@20"] <= 1.0
@@ -60,3 +64,9 @@ def test_simulate_command_rejects_a_bad_fleet_before_starting(fleet_data_dir, tm
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "fl.tiers.tiny.budget_bytes: too small" in error[0]
     assert not out.exists()
+
+
+def test_simulate_refuses_a_directory_with_a_finished_run(fleet_config, tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(FedsparseError, match="already holds a finished run"):
+        simulate(fleet_config(), tmp_path)
