@@ -186,7 +186,8 @@ class SparseFedStrategy(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
         """Check, decode and aggregate the round's replies; move the masks when it is time.
 
-        Returns the global item table as an ``ArrayRecord`` and the round's counts: replies
+        Returns None (the global table stays in the strategy: ``item``, ``masks``) and the
+        round's counts: replies
         ``succeeded``, ``failed`` (error replies), ``rejected`` (malformed), ``up-bytes``,
         ``loss`` (mean over accepted devices) and ``moved`` (entries moved by a mask update).
         """
