@@ -187,9 +187,9 @@ class SparseFedStrategy(Strategy):
         """Check, decode and aggregate the round's replies; move the masks when it is time.
 
         Returns None (the global table stays in the strategy: ``item``, ``masks``) and the
-        round's counts: replies
-        ``succeeded``, ``failed`` (error replies), ``rejected`` (malformed), ``up-bytes``,
-        ``loss`` (mean over accepted devices) and ``moved`` (entries moved by a mask update).
+        round's counts: replies ``succeeded``, ``failed`` (error replies), ``rejected``
+        (malformed), ``up-bytes``, ``loss`` (mean over accepted devices) and ``moved`` (entries
+        moved by a mask update).
         """
         accepted, losses, failed, rejected, up_bytes = [], [], 0, 0, 0
         for reply in replies:
