@@ -97,7 +97,9 @@ def _check_range(path: Path, users: np.ndarray, items: np.ndarray, n_users: int,
         raise DataError(f"{path}:{line}: {what} (out of range)")
 
 
-def _binary_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+def binary_matrix(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A binary (n_users, n_items) CSR matrix with ones at the (user, item) pairs (repeats
+    count once)."""
     matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
@@ -138,10 +140,10 @@ def load_dataset(name_or_path: str, split: str = "test") -> InteractionData:
     for part, (users, items) in pairs.items():
         _check_range(files[part], users, items, n_users, n_items)
     shape = (n_users, n_items)
-    train = _binary_csr(*pairs["train"], shape)
-    target = _binary_csr(*pairs[split], shape)
+    train = binary_matrix(*pairs["train"], shape)
+    target = binary_matrix(*pairs[split], shape)
     if split == "val":
-        train = _binary_csr(*_minus(train, target), shape)
+        train = binary_matrix(*_minus(train, target), shape)
     return InteractionData(name=name, n_users=n_users, n_items=n_items, train=train, test=target)
 
 

@@ -54,9 +54,16 @@ def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
     return split.indices[split.indptr[user]:split.indptr[user + 1]].astype(np.int64)
 
 
-def _own_user(context: Context, data: InteractionData) -> int:
+@lru_cache(maxsize=2)
+def _users(name: str, split: str) -> np.ndarray:
+    """The fleet's users (device i is user ``[i]``), computed once per process."""
+    return fleet_users(_dataset(name, split))
+
+
+def _own_user(context: Context, config: ConfigRecord) -> int:
     """The user this device is: its partition id indexes the users with training data."""
-    return int(fleet_users(data)[int(context.node_config["partition-id"])])
+    users = _users(str(config["dataset"]), str(config["split"]))
+    return int(users[int(context.node_config["partition-id"])])
 
 
 def _user_row(context: Context, config: ConfigRecord) -> UserRow:
@@ -80,7 +87,7 @@ def train(msg: Message, context: Context) -> Message:
                        l2=float(config["l2"]), negatives=int(config["negatives"]),
                        growth_topk=topk)
     update, user = train_device(item_table, _user_row(context, config),
-                                _items(data, "train", _own_user(context, data)), hp,
+                                _items(data, "train", _own_user(context, config)), hp,
                                 generator=generator_for(int(config["seed"]), server_round, device,
                                                         "local-train"),
                                 budget_bytes=int(config["budget-bytes"]) or None)
@@ -97,7 +104,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     torch.set_num_threads(int(config["threads"]))
     data = _dataset(str(config["dataset"]), str(config["split"]))
-    user_id, k = _own_user(context, data), int(config["topk"])
+    user_id, k = _own_user(context, config), int(config["topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))
     user = _user_row(context, config)
     test_items = _items(data, "test", user_id)
@@ -122,14 +129,14 @@ def query(msg: Message, context: Context) -> Message:
     device = int(context.node_config["partition-id"])
     if question == "profile":
         data = _dataset(str(config["dataset"]), str(config["split"]))
-        user = _own_user(context, data)
+        user = _own_user(context, config)
         reply = MetricRecord({"device": device, "n-train": len(_items(data, "train", user)),
                               "n-test": len(_items(data, "test", user))})
         return Message(content=RecordDict({"profile": reply}), reply_to=msg)
     if question != "nmf":
         raise ValueError(f"unknown query {question!r}")
     data = _dataset(str(config["dataset"]), str(config["split"]))
-    items = _items(data, "train", _own_user(context, data))
+    items = _items(data, "train", _own_user(context, config))
     seed, rank = int(config["seed"]), int(config["rank"])
     if "factors" in msg.content:                          # later iterations: what it needs of H
         factors = record_arrays(msg.content["factors"])

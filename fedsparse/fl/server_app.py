@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedsparse.config import ExperimentConfig, load_config
-from fedsparse.data import load_dataset
+from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError
 from fedsparse.fl.fleet import FleetPlan, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
@@ -157,10 +157,10 @@ def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
     return {} if metrics is None else {key: float(value) for key, value in metrics.items()}
 
 
-def run_fleet(grid: Grid, cfg: ExperimentConfig, out_dir: Path) -> FleetRun:
-    """The whole federated run on ``grid``; writes and returns the results."""
-    data = load_dataset(cfg.data.name, cfg.data.split)
-    plan = plan_fleet(cfg, data)
+def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
+              out_dir: Path) -> FleetRun:
+    """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
+    the results."""
     torch.set_num_threads(1)
     nodes = wait_for_nodes(grid, plan.n_devices)
     node_devices = profile_devices(grid, nodes, cfg, plan)
@@ -202,13 +202,15 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, out_dir: Path) -> FleetRun:
     return run
 
 
-def build_server_app(cfg: ExperimentConfig, out_dir: Path) -> ServerApp:
-    """A ServerApp running ``cfg`` into ``out_dir`` (config by closure)."""
+def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
+                     out_dir: Path) -> ServerApp:
+    """A ServerApp running ``plan`` into ``out_dir`` (config, data and plan by closure: the
+    launcher has already loaded and checked them)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_fleet(grid, cfg, out_dir)
+        run_fleet(grid, cfg, data, plan, out_dir)
 
     return server_app
 
@@ -223,5 +225,6 @@ def main(grid: Grid, context: Context) -> None:
     overrides = [item for item in str(run_config.get("overrides", "")).split(";") if item]
     cfg = load_config(str(run_config["config"]), overrides)
     out = str(run_config.get("out", "")) or f"runs/{cfg.name}-flwr-run"
-    run_fleet(grid, cfg, Path(out))
+    data = load_dataset(cfg.data.name, cfg.data.split)
+    run_fleet(grid, cfg, data, plan_fleet(cfg, data), Path(out))
 

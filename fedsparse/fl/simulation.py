@@ -76,7 +76,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
     logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,
                 ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
                           for i, tier in enumerate(plan.tiers)), data.name, out_dir)
-    run_flower_simulation(build_server_app(cfg, out_dir), client_app, plan.n_devices,
+    run_flower_simulation(build_server_app(cfg, data, plan, out_dir), client_app, plan.n_devices,
                           num_cpus=cfg.fl.num_cpus or os.cpu_count() or 1,
                           client_cpus=cfg.fl.client_cpus)
     if not metrics_path.exists():

@@ -142,8 +142,9 @@ class SparseEmbeddingTable(nn.Module):
             raise ValueError("row_counts do not match the values")
         bitmap_shape = (n_rows, -(-dim // 8))
         if index.shape == bitmap_shape and index.dtype == np.uint8 and index.ndim == 2:
-            mask = np.unpackbits(index, axis=1, count=dim).astype(bool)
-            if (mask.sum(axis=1) != row_counts).any() or np.unpackbits(index, axis=1)[:, dim:].any():
+            bits = np.unpackbits(index, axis=1)                          # (n_rows, 8k)
+            mask = bits[:, :dim].astype(bool)
+            if (mask.sum(axis=1) != row_counts).any() or bits[:, dim:].any():
                 raise ValueError("bitmap does not match row_counts")
         elif index.ndim == 1 and index.size == values.size and index.dtype.kind in "iu":
             rows = np.repeat(np.arange(n_rows), row_counts.astype(np.int64))

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from fedsparse.data.dataset import binary_matrix
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import MF
 from fedsparse.sparse import DenseEmbeddingTable, SparseEmbeddingTable
@@ -126,8 +127,7 @@ def device_reserve_bytes(dim: int, max_touched_rows: int) -> int:
 
 def _positives_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     """A (1, n_items) binary row with ones at ``items``."""
-    return sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), int), items)),
-                         shape=(1, n_items))
+    return binary_matrix(np.zeros(len(items), dtype=np.int64), items, (1, n_items))
 
 
 def _top_growth(rows: Tensor, scores: Tensor, topk: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
