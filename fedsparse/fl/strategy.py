@@ -90,9 +90,9 @@ class SparseFedStrategy(Strategy):
 
     # ------------------------------------------------------------------ masks
     def _tier_masks(self, top_mask: np.ndarray) -> list[np.ndarray]:
-        densities = {str(i): tier.density for i, tier in enumerate(self.plan.tiers)}
-        masks = nested_tier_masks(top_mask, self.item, self.growth, densities)
-        return [masks[str(i)] for i in range(len(self.plan.tiers))]
+        masks = nested_tier_masks(top_mask, self.item, self.growth,
+                                  {tier.name: tier.density for tier in self.plan.tiers})
+        return [masks[tier.name] for tier in self.plan.tiers]
 
     def tier_table(self, tier: int) -> SparseEmbeddingTable:
         """The global item table restricted to tier ``tier``'s mask, as a device holds it."""
