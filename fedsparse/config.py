@@ -122,6 +122,8 @@ class TierConfig:
                                               "training buffers")
     share: float = _option(0.0, low=0.0, high=1.0,
                            doc="fraction of the devices in this tier (ignored with fl.tier_file)")
+    growth_topk: int = _option(-1, low=-1, doc="growth scores a device of this tier sends per "
+                                               "touched row (-1: fl.growth_topk)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +131,8 @@ class FleetConfig:
     """A simulated device fleet (``fedsparse simulate``): tiers, rounds, device-local training."""
 
     rounds: int = _option(10, low=1, doc="federated rounds")
+    max_devices: int = _option(0, low=0, doc="devices in the fleet: a seeded sample of this many "
+                                             "users with training data (0: all of them)")
     clients_per_round: int = _option(0, low=0, doc="devices sampled per round (0: all)")
     local_epochs: int = _option(1, low=1,
                                 doc="passes over its interactions a device makes per round")

@@ -55,14 +55,15 @@ def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _users(name: str, split: str) -> np.ndarray:
+def _users(name: str, split: str, max_devices: int, seed: int) -> np.ndarray:
     """The fleet's users (device i is user ``[i]``), computed once per process."""
-    return fleet_users(_dataset(name, split))
+    return fleet_users(_dataset(name, split), max_devices, seed)
 
 
 def _own_user(context: Context, config: ConfigRecord) -> int:
-    """The user this device is: its partition id indexes the users with training data."""
-    users = _users(str(config["dataset"]), str(config["split"]))
+    """The user this device is: its partition id indexes the fleet's users."""
+    users = _users(str(config["dataset"]), str(config["split"]), int(config["max-devices"]),
+                   int(config["seed"]))
     return int(users[int(context.node_config["partition-id"])])
 
 

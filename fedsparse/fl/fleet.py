@@ -42,6 +42,7 @@ class Tier:
     name: str
     budget_bytes: int
     density: float
+    growth_topk: int
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,21 @@ class FleetPlan:
         return len(self.users)
 
 
-def fleet_users(data: InteractionData) -> np.ndarray:
-    """Users with at least one training interaction, ascending: device i is user ``[i]``."""
-    return np.flatnonzero(np.diff(data.train.indptr) > 0)
+def fleet_users(data: InteractionData, max_devices: int = 0, seed: int = 0) -> np.ndarray:
+    """The fleet's users, ascending (device i is user ``[i]``): those with at least one
+    training interaction, or a seeded sample of ``max_devices`` of them."""
+    users = np.flatnonzero(np.diff(data.train.indptr) > 0)
+    if 0 < max_devices < len(users):
+        sample = numpy_rng_for(seed, 0, 0, "fleet-sample").choice(users, size=max_devices,
+                                                                  replace=False)
+        users = np.sort(sample)
+    return users
+
+
+def fleet_identity(cfg: ExperimentConfig) -> dict[str, int | str]:
+    """What a device needs to find its user from its partition id (sent in every message)."""
+    return {"dataset": cfg.data.name, "split": cfg.data.split, "seed": cfg.seed,
+            "max-devices": cfg.fl.max_devices}
 
 
 def shares_to_tiers(n_devices: int, shares: list[float], seed: int) -> np.ndarray:
@@ -128,7 +141,7 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
                           f"{cfg.sparse.method!r}")
     if cfg.model.name != "mf":
         raise ConfigError(f"model.name: fleets train mf; got {cfg.model.name!r}")
-    users = fleet_users(data)
+    users = fleet_users(data, fl.max_devices, cfg.seed)
     if fl.clients_per_round > len(users):
         raise ConfigError(f"fl.clients_per_round: {fl.clients_per_round} is more than the "
                           f"{len(users)} devices")
@@ -138,7 +151,7 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
         device_tier = read_tier_file(Path(fl.tier_file), len(users), names)
     else:
         device_tier = shares_to_tiers(len(users), [tier.share for _, tier in ordered], cfg.seed)
-    most_positives = int(np.diff(data.train.indptr).max())
+    most_positives = int(np.diff(data.train.indptr)[users].max())
     reserve = device_reserve_bytes(dim, touched_rows_bound(most_positives, fl.negatives,
                                                            data.n_items))
     tiers = []
@@ -151,7 +164,8 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
             except ConfigError as exc:
                 raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small ({reserve} bytes go "
                                   f"to the user row and growth buffer; {exc})") from None
-        tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density))
+        tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density,
+                          growth_topk=fl.growth_topk if tier.growth_topk < 0 else tier.growth_topk))
         logger.info("tier %s: budget %d bytes -> item density %.4f, %d devices", name,
                     tier.budget_bytes, density, int((device_tier == len(tiers) - 1).sum()))
     return FleetPlan(users=users, device_tier=device_tier, tiers=tuple(tiers),

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from fedsparse.config import ExperimentConfig, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError
-from fedsparse.fl.fleet import FleetPlan, plan_fleet
+from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.report.fleet import FleetRun, write_fleet_run
@@ -72,7 +72,7 @@ def _query_all(grid: Grid, nodes: list[int], contents: list[RecordDict]) -> list
 def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig,
                     plan: FleetPlan) -> dict[int, int]:
     """Ask every node which device (partition) it is; returns node id -> device id."""
-    question = {"question": "profile", "dataset": cfg.data.name, "split": cfg.data.split}
+    question = {"question": "profile", **fleet_identity(cfg)}
     replies = _query_all(grid, nodes, [RecordDict({"config": config_record(question)})
                                        for _ in nodes])
     node_devices = {int(reply.metadata.src_node_id): int(reply.content["profile"]["device"])
@@ -109,8 +109,7 @@ def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfi
         for node in nodes:
             device = node_devices[node]
             content = RecordDict({"config": config_record({
-                "question": "nmf", "dataset": cfg.data.name, "split": cfg.data.split,
-                "seed": cfg.seed, "rank": dim})})
+                "question": "nmf", **fleet_identity(cfg), "rank": dim})})
             if device in device_items:
                 content["factors"] = arrays_record({"h_items": h[:, device_items[device]],
                                                     "gram_h": gram_h})

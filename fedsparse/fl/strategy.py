@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.config import ExperimentConfig
-from fedsparse.fl.fleet import FleetPlan
+from fedsparse.fl.fleet import FleetPlan, fleet_identity
 from fedsparse.fl.records import (PAYLOAD_ARRAYS, Expected, RejectedUpdate, config_record,
                                   decode_train_reply, message_bytes, slice_record)
 from fedsparse.seeding import numpy_rng_for
@@ -140,18 +140,18 @@ class SparseFedStrategy(Strategy):
         fl, tier = self.cfg.fl, int(self.plan.device_tier[device])
         return {"round": server_round, "device": device, "tier-index": tier,
                 "budget-bytes": self._enforced_budget(tier),
-                "seed": self.cfg.seed, "dataset": self.cfg.data.name,
-                "split": self.cfg.data.split, "dim": self.dim,
+                **fleet_identity(self.cfg), "dim": self.dim,
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
-                "negatives": fl.negatives, "growth-topk": self.growth_topk,
+                "negatives": fl.negatives, "growth-topk": self.growth_topk(tier),
                 "topk": self.cfg.train.topk, "threads": max(1, int(fl.client_cpus))}
 
-    @property
-    def growth_topk(self) -> int:
-        """Growth scores per touched row a device sends: ``fl.growth_topk``, or 0 for methods
-        whose masks never grow (dense, static)."""
-        return 0 if self.cfg.sparse.method in ("dense", "static") else self.cfg.fl.growth_topk
+    def growth_topk(self, tier: int) -> int:
+        """Growth scores per touched row a device of ``tier`` sends: the tier's
+        ``growth_topk``, else ``fl.growth_topk``; 0 for methods whose masks never grow (dense,
+        static)."""
+        growing = self.cfg.sparse.method not in ("dense", "static")
+        return self.plan.tiers[tier].growth_topk if growing else 0
 
     def _enforced_budget(self, tier: int) -> int:
         """The tier's budget in bytes, or 0 (none) for dense FedAvg, whose devices all hold
@@ -211,7 +211,7 @@ class SparseFedStrategy(Strategy):
                 tier = int(self.plan.device_tier[device])
                 update = decode_train_reply(reply, Expected(
                     device=device, server_round=server_round, tier_index=tier,
-                    tier_mask=self.masks[tier], topk=self.growth_topk))
+                    tier_mask=self.masks[tier], topk=self.growth_topk(tier)))
                 train_bytes = int(reply.content["reply"]["train-bytes"])
                 if 0 < self._enforced_budget(tier) < train_bytes:
                     raise RejectedUpdate(f"train-bytes {train_bytes} over the tier budget")

@@ -5,7 +5,7 @@ import pytest
 
 from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
-from fedsparse.fl.fleet import plan_fleet, shares_to_tiers
+from fedsparse.fl.fleet import fleet_users, plan_fleet, shares_to_tiers
 from fedsparse.sparse.budget import table_bytes
 
 
@@ -28,6 +28,19 @@ def test_plan_orders_tiers_by_budget_and_fits_each_budget(fleet_config, fleet_da
             assert (table_bytes(fleet_data.n_items, 8, nnz + 1) + plan.reserve_bytes
                     > tier.budget_bytes)
     assert plan.tiers[0].density < plan.tiers[1].density
+
+
+def test_max_devices_samples_the_fleet_by_seed(fleet_config, fleet_data):
+    plan = plan_fleet(fleet_config("fl.max_devices=10"), fleet_data)
+    assert plan.n_devices == 10 and np.all(np.diff(plan.users) > 0)
+    assert np.array_equal(plan.users, fleet_users(fleet_data, 10, seed=0))
+    assert not np.array_equal(plan.users, fleet_users(fleet_data, 10, seed=1))
+    assert np.array_equal(fleet_users(fleet_data, 0), fleet_users(fleet_data, 100))
+
+
+def test_a_tier_may_send_fewer_growth_scores(fleet_config, fleet_data):
+    plan = plan_fleet(fleet_config("fl.tiers.small.growth_topk=1"), fleet_data)
+    assert [tier.growth_topk for tier in plan.tiers] == [1, 2]
 
 
 def test_dense_fedavg_holds_the_full_table(fleet_config, fleet_data):
