@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait for all SuperNodes to register, and for one round's replies.
 NODE_WAIT_SECONDS = 120.0
 ROUND_TIMEOUT_SECONDS = 3600.0
+#: Devices evaluated per round trip: bounds the slices in flight (a dense Gowalla slice is 10 MB).
+EVALUATION_BATCH = 256
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_SECONDS) -> list[int]:
@@ -148,10 +150,14 @@ def initial_top_mask(grid: Grid, node_devices: dict[int, int], cfg: ExperimentCo
 
 def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
               final: bool) -> dict[str, float]:
-    """Every device ranks all items; the final evaluation also collects the user rows."""
+    """Every device ranks all items, ``EVALUATION_BATCH`` devices per round trip; the final
+    evaluation also collects the user rows."""
     config = config_record({"export-user": final})
     messages = list(strategy.configure_evaluate(server_round, None, config, grid))
-    replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+    replies = []
+    for start in range(0, len(messages), EVALUATION_BATCH):
+        replies += grid.send_and_receive(messages[start:start + EVALUATION_BATCH],
+                                         timeout=ROUND_TIMEOUT_SECONDS)
     metrics = strategy.aggregate_evaluate(server_round, replies)
     return {} if metrics is None else {key: float(value) for key, value in metrics.items()}
 

@@ -37,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=0,
+                        help="nodes sampled per round, seeded (0: all)")
     parser.add_argument("--name", default="bare_flower")
     args = parser.parse_args()
     seconds: list[float] = []
@@ -47,19 +49,24 @@ def main() -> None:
         nodes = wait_for_nodes(grid, args.devices)
         for server_round in range(1, args.rounds + 1):
             start = time.perf_counter()
+            sampled = nodes
+            if 0 < args.per_round < len(nodes):
+                rng = np.random.default_rng([server_round, args.per_round])
+                sampled = sorted(rng.choice(nodes, size=args.per_round, replace=False).tolist())
             messages = [
                 Message(content=RecordDict({"config": ConfigRecord({"round": server_round})}),
                         dst_node_id=node, message_type=MessageType.TRAIN)
-                for node in nodes]
+                for node in sampled]
             replies = list(grid.send_and_receive(messages))
-            assert len(replies) == len(nodes) and not any(r.has_error() for r in replies)
+            assert len(replies) == len(sampled) and not any(r.has_error() for r in replies)
             seconds.append(time.perf_counter() - start)
 
     run_flower_simulation(server_app, client_app, args.devices, num_cpus=os.cpu_count() or 1,
                           client_cpus=1.0)
     out = HERE / "results" / args.name
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {"devices": args.devices, "rounds": args.rounds,
+    metrics = {"devices": args.devices, "per_round": args.per_round or args.devices,
+               "rounds": args.rounds,
                "seconds_per_round": float(np.median(seconds)), "seconds": seconds}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))

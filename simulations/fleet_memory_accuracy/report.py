@@ -47,11 +47,12 @@ def tier_table(runs: dict[str, dict]) -> str:
                                                                  ".1f", ".1f"))
 
 
-def fleet_table(runs: dict[str, dict], bare: dict | None) -> str:
+def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
     rows = []
     for method, metrics in runs.items():
+        sampled = pd.read_csv(HERE / "results" / f"{dataset}_{method}" / "history.csv")["sampled"]
         row = {"method": METHODS[method], "devices": metrics["devices"],
-               "rounds": metrics["rounds"], "Recall@20": metrics["recall@20"],
+               "devices / round": int(sampled.median()), "rounds": metrics["rounds"], "Recall@20": metrics["recall@20"],
                "NDCG@20": metrics["ndcg@20"],
                "up / round (MB)": metrics["up_bytes_per_round"] / 1e6,
                "down / round (MB)": metrics["down_bytes_per_round"] / 1e6,
@@ -60,7 +61,7 @@ def fleet_table(runs: dict[str, dict], bare: dict | None) -> str:
         if bare is not None:
             row["/ bare Flower round"] = metrics["seconds_per_round"] / bare["seconds_per_round"]
         rows.append(row)
-    formats = ("", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f", ".2f")
+    formats = ("", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f", ".2f")
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
 
 
@@ -113,14 +114,14 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
 
 def main() -> None:
     readme = HERE / "README.md"
-    for dataset in ("lastfm",):
+    for dataset in ("lastfm", "gowalla"):
         runs = load_runs(dataset)
         bare_path = HERE / "results" / f"bare_flower_{dataset}" / "metrics.json"
         bare = json.loads(bare_path.read_text()) if bare_path.exists() else None
         if not runs:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
-        replace_block(readme, f"{dataset}-fleet", fleet_table(runs, bare))
+        replace_block(readme, f"{dataset}-fleet", fleet_table(dataset, runs, bare))
         replace_block(readme, f"{dataset}-targets", targets(runs))
         plot(dataset, runs)
 

@@ -5,12 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=simulations/fleet_memory_accuracy
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-for method in sparserec sparserec_no_nmf dense; do
-  out="$here/results/lastfm_$method"
-  [ -f "$out/metrics.json" ] || fedsparse simulate configs/fleets/lastfm.toml \
-      --set sparse.method="$method" --out "$out"
+for dataset in lastfm gowalla; do
+  for method in sparserec sparserec_no_nmf dense; do
+    out="$here/results/${dataset}_$method"
+    [ -f "$out/metrics.json" ] || fedsparse simulate "configs/fleets/$dataset.toml" \
+        --set sparse.method="$method" --out "$out"
+  done
+  run="$here/results/${dataset}_sparserec"
+  read -r devices per_round < <(python -c "import json, pandas as pd; \
+print(json.load(open('$run/metrics.json'))['devices'], \
+      int(pd.read_csv('$run/history.csv')['sampled'].median()))")
+  [ -f "$here/results/bare_flower_$dataset/metrics.json" ] || \
+    python "$here/bare_flower.py" --devices "$devices" --per-round "$per_round" --rounds 5 \
+        --name "bare_flower_$dataset"
 done
-devices=$(python -c "import json; print(json.load(open('$here/results/lastfm_sparserec/metrics.json'))['devices'])")
-[ -f "$here/results/bare_flower_lastfm/metrics.json" ] || \
-  python "$here/bare_flower.py" --devices "$devices" --rounds 5 --name bare_flower_lastfm
 python "$here/report.py"
