@@ -12,7 +12,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedsparse.config import load_config
 from fedsparse.data import load_dataset
-from fedsparse.errors import FedsparseError
+from fedsparse.errors import FedsparseError, RunStopped
 
 logger = logging.getLogger("fedsparse")
 
@@ -44,19 +44,31 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsparse.fl.simulation import simulate
     from fedsparse.report.results import default_run_dir
 
-    cfg = load_config(args.config, args.set)
-    out_dir = Path(args.out) if args.out else default_run_dir(cfg.name)
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise FedsparseError("--out: not with --resume (the run continues in its own "
+                                 "directory)")
+        out_dir = Path(args.resume)
+        if not (out_dir / "config.toml").exists():
+            raise FedsparseError(f"--resume: {out_dir} holds no run (no config.toml)")
+        cfg = load_config(args.config or out_dir / "config.toml", args.set)
+    elif args.config is None:
+        raise FedsparseError("simulate: needs a CONFIG (or --resume DIR)")
+    else:
+        cfg = load_config(args.config, args.set)
+        out_dir = Path(args.out) if args.out else default_run_dir(cfg.name)
     with logging_redirect_tqdm():
-        metrics = simulate(cfg, out_dir)
+        metrics = simulate(cfg, out_dir, resume=bool(args.resume))
     k = cfg.train.topk
     lines = [(f"{cfg.name}: federated {cfg.sparse.method} on {metrics['dataset']}, "
               f"{metrics['devices']} devices, {cfg.fl.rounds} rounds, "
-              f"{metrics['seconds_per_round']:.1f} s/round"),
+              f"{metrics['runtime']['seconds_per_round']:.1f} s/round"),
              (f"  fleet recall@{k} {metrics[f'recall@{k}']:.4f}  "
               f"ndcg@{k} {metrics[f'ndcg@{k}']:.4f}  "
               f"up {metrics['up_bytes_per_round'] / 2**20:.2f} MiB/round  "
               f"down {metrics['down_bytes_per_round'] / 2**20:.2f} MiB/round  "
               f"rejected {metrics['rejected']}  failed {metrics['failed']}  "
+              f"late {metrics['late']}  skipped rounds {metrics['skipped_rounds']}  "
               + ("budgets not applied (dense FedAvg)" if cfg.sparse.method == "dense" else
                  f"within budget: {'yes' if metrics['within_budget'] else 'NO'}"))]
     for name, tier in metrics["tiers"].items():
@@ -100,10 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     simulate = commands.add_parser("simulate", help="federated device-fleet simulation on Flower")
-    simulate.add_argument("config", help="TOML config file with an [fl] section")
+    simulate.add_argument("config", nargs="?",
+                          help="TOML config file with an [fl] section (with --resume: "
+                               "default the run's own config.toml)")
     simulate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config key (repeatable), e.g. --set fl.rounds=3")
     simulate.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
+    simulate.add_argument("--resume", metavar="DIR",
+                          help="continue the stopped or killed run in DIR from its checkpoint")
     simulate.set_defaults(handler=_simulate)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except FedsparseError as exc:
         print(f"fedsparse: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunStopped) else 2
 
 
 if __name__ == "__main__":

@@ -124,6 +124,9 @@ class TierConfig:
                            doc="fraction of the devices in this tier (ignored with fl.tier_file)")
     growth_topk: int = _option(-1, low=-1, doc="growth scores a device of this tier sends per "
                                                "touched row (-1: fl.growth_topk)")
+    steps_per_second: float = _option(100.0, low=0.0, open_low=True,
+                                      doc="simulated compute speed: local steps per second on "
+                                          "the round clock (stragglers, fl.deadline_seconds)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +154,21 @@ class FleetConfig:
     tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
     num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine)")
     client_cpus: float = _option(1.0, low=0.0, open_low=True, doc="CPUs per client actor")
+    crash_prob: float = _option(0.0, low=0.0, high=1.0, open_high=True,
+                                doc="probability a sampled device crashes during a round")
+    offline_prob: float = _option(0.0, low=0.0, high=1.0, open_high=True,
+                                  doc="probability an online device goes offline at a round start")
+    offline_rounds: int = _option(3, low=1, doc="rounds an offline spell lasts")
+    deadline_seconds: float = _option(0.0, low=0.0,
+                                      doc="round deadline on the simulated clock: later replies "
+                                          "are not counted (0: none)")
+    speed_jitter: float = _option(0.0, low=0.0,
+                                  doc="sigma of the log-normal factor on a device's round time")
+    min_success: float = _option(0.2, low=0.0, high=1.0,
+                                 doc="fraction of the sampled devices whose update must be "
+                                     "accepted, or the round is skipped")
+    max_skipped_rounds: int = _option(3, low=1,
+                                      doc="the run stops after this many skipped rounds in a row")
     tiers: dict[str, TierConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -288,6 +306,11 @@ def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_toml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as TOML text (loadable again by :func:`load_config`)."""
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
 def dump_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the fully resolved config as TOML (loadable again by :func:`load_config`)."""
-    path.write_text(tomli_w.dumps(config_to_dict(cfg)))
+    path.write_text(config_toml(cfg))

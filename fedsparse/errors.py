@@ -11,3 +11,7 @@ class ConfigError(FedsparseError, ValueError):
 
 class DataError(FedsparseError, ValueError):
     """A dataset is missing or malformed (the message names file and line)."""
+
+
+class RunStopped(FedsparseError):
+    """A run stopped before its end (too many skipped rounds): exit code 1, not 2."""

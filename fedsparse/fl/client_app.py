@@ -4,7 +4,10 @@ A device knows its own data: its ``partition-id`` (node config) indexes the user
 interactions. Everything else arrives in the message's ``"config"`` record (dataset, device id
 and tier, round, seed, local hyperparameters), so the same app runs under ``fedsparse
 simulate``, ``flwr run`` and real SuperNodes. Its private state between rounds (user row, Adam
-state, NMF row) lives in ``context.state``; the dataset is a read-only per-process cache.
+state, NMF row) lives in ``context.state`` and, when the server names a ``state-dir``, in
+state files too (:mod:`fedsparse.fl.checkpoint`), from which a restarted device resumes; the
+dataset is a read-only per-process cache. Simulated faults (:mod:`fedsparse.fl.faults`): an
+offline or crashing device replies with an error instead of training.
 
 Handlers:
 
@@ -26,10 +29,12 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.data import InteractionData, load_dataset
+from fedsparse.fl.checkpoint import persist_device_state, restore_device_state
+from fedsparse.fl.faults import SIMULATED_FAULT_CODE, FaultModel, device_fault, simulated_seconds
 from fedsparse.fl.fleet import fleet_users
 from fedsparse.fl.records import (arrays_record, encode_update, record_arrays, reply_metrics,
                                   slice_from_record, user_from_state, user_state_record)
@@ -67,35 +72,58 @@ def _own_user(context: Context, config: ConfigRecord) -> int:
     return int(users[int(context.node_config["partition-id"])])
 
 
-def _user_row(context: Context, config: ConfigRecord) -> UserRow:
+def _user_row(context: Context, config: ConfigRecord, up_to_round: int) -> UserRow:
+    """The device's private row: kept in ``context.state``; after a restart, restored from its
+    state file of the latest round <= ``up_to_round``; else the seeded initial row."""
     if "user" in context.state:
         return user_from_state(context.state["user"])
-    generator = generator_for(int(config["seed"]), 0, int(config["device"]), "user-init")
+    state_dir, device = str(config.get("state-dir", "")), int(config["device"])
+    restored = restore_device_state(state_dir, device, up_to_round) if state_dir else None
+    if restored is not None:
+        return restored
+    generator = generator_for(int(config["seed"]), 0, device, "user-init")
     return UserRow.initial(int(config["dim"]), float(config["init-std"]), generator)
+
+
+def _fault_model(config: ConfigRecord) -> FaultModel:
+    return FaultModel(crash_prob=float(config["crash-prob"]),
+                      offline_prob=float(config["offline-prob"]),
+                      offline_rounds=int(config["offline-rounds"]),
+                      steps_per_second=float(config["steps-per-second"]),
+                      speed_jitter=float(config["speed-jitter"]))
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local training for one round; replies with the sparse update."""
+    """Local training for one round; replies with the sparse update, or with an error when
+    the simulated device is offline or crashes this round (its state stays as it was)."""
     config = msg.content["config"]
+    device, server_round, seed = int(config["device"]), int(config["round"]), int(config["seed"])
+    fault_model = _fault_model(config)
+    fault = device_fault(fault_model, seed, server_round, device)
+    if fault is not None:
+        return Message(error=Error(code=SIMULATED_FAULT_CODE, reason=f"simulated {fault}"),
+                       reply_to=msg)
     torch.set_num_threads(int(config["threads"]))     # the client's CPUs; more oversubscribe
     data = _dataset(str(config["dataset"]), str(config["split"]))
-    device, server_round = int(config["device"]), int(config["round"])
     dim, topk = int(config["dim"]), int(config["growth-topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, dim)
     hp = LocalTraining(local_epochs=int(config["local-epochs"]),
                        batch_size=int(config["batch-size"]), lr=float(config["lr"]),
                        l2=float(config["l2"]), negatives=int(config["negatives"]),
                        growth_topk=topk)
-    update, user = train_device(item_table, _user_row(context, config),
+    update, user = train_device(item_table, _user_row(context, config, server_round - 1),
                                 _items(data, "train", _own_user(context, config)), hp,
-                                generator=generator_for(int(config["seed"]), server_round, device,
-                                                        "local-train"),
+                                generator=generator_for(seed, server_round, device, "local-train"),
                                 budget_bytes=int(config["budget-bytes"]) or None)
     context.state["user"] = user_state_record(user)
+    if "state-dir" in config:
+        persist_device_state(str(config["state-dir"]), device, server_round, user)
+    sim_seconds = simulated_seconds(fault_model, update.steps, seed, server_round, device)
     content = RecordDict({"update": encode_update(update, dim=dim, topk=topk),
                           "reply": reply_metrics(update, device=device, server_round=server_round,
-                                                 tier_index=int(config["tier-index"]))})
+                                                 tier_index=int(config["tier-index"]),
+                                                 sim_seconds=sim_seconds)})
     return Message(content=content, reply_to=msg)
 
 
@@ -107,7 +135,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = _dataset(str(config["dataset"]), str(config["split"]))
     user_id, k = _own_user(context, config), int(config["topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))
-    user = _user_row(context, config)
+    user = _user_row(context, config, int(config["round"]))
     test_items = _items(data, "test", user_id)
     metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
     if len(test_items):

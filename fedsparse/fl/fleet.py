@@ -43,6 +43,7 @@ class Tier:
     budget_bytes: int
     density: float
     growth_topk: int
+    steps_per_second: float
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
                 raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small ({reserve} bytes go "
                                   f"to the user row and growth buffer; {exc})") from None
         tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density,
-                          growth_topk=fl.growth_topk if tier.growth_topk < 0 else tier.growth_topk))
+                          growth_topk=fl.growth_topk if tier.growth_topk < 0 else tier.growth_topk,
+                          steps_per_second=tier.steps_per_second))
         logger.info("tier %s: budget %d bytes -> item density %.4f, %d devices", name,
                     tier.budget_bytes, density, int((device_tier == len(tiers) - 1).sum()))
     return FleetPlan(users=users, device_tier=device_tier, tiers=tuple(tiers),

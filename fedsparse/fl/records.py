@@ -17,7 +17,8 @@ Up (device -> server, TRAIN): ``"update"``, an ``ArrayRecord`` with
   keeps the growth evidence small next to the values of the sparsest tier;
 
 and ``"reply"``, a ``MetricRecord`` with ``device``, ``round``, ``tier-index``,
-``num-examples``, ``loss`` and ``train-bytes``. :func:`decode_train_reply` checks all of it and
+``num-examples``, ``loss``, ``train-bytes`` and ``sim-seconds`` (its work on the simulated
+clock). :func:`decode_train_reply` checks all of it and
 raises :class:`RejectedUpdate` with a one-line reason for anything malformed.
 """
 
@@ -39,7 +40,8 @@ UPDATE_ARRAYS = {"rows": (np.int32, 1), "values": (np.float32, 1), "grow_cols": 
                  "grow_scores": (np.uint8, 2), "grow_scale": (np.float32, 1)}
 #: Arrays of an update that are payload (the rest is index).
 PAYLOAD_ARRAYS = ("values", "grow_scores", "grow_scale")
-REPLY_METRICS = ("device", "round", "tier-index", "num-examples", "loss", "train-bytes")
+REPLY_METRICS = ("device", "round", "tier-index", "num-examples", "loss", "train-bytes",
+                 "sim-seconds")
 
 
 class RejectedUpdate(ValueError):
@@ -89,12 +91,12 @@ def encode_update(update: DeviceUpdate, *, dim: int, topk: int) -> ArrayRecord:
                           "grow_scores": grow_codes, "grow_scale": np.array([scale])})
 
 
-def reply_metrics(update: DeviceUpdate, *, device: int, server_round: int,
-                  tier_index: int) -> MetricRecord:
+def reply_metrics(update: DeviceUpdate, *, device: int, server_round: int, tier_index: int,
+                  sim_seconds: float) -> MetricRecord:
     """The ``"reply"`` record of a training reply."""
     return MetricRecord({"device": device, "round": server_round, "tier-index": tier_index,
                          "num-examples": update.examples, "loss": float(update.loss),
-                         "train-bytes": update.train_bytes})
+                         "train-bytes": update.train_bytes, "sim-seconds": float(sim_seconds)})
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def _check_metrics(metrics: MetricRecord, expected: Expected) -> float:
     weight = float(metrics["num-examples"])
     if not np.isfinite(weight) or weight <= 0:
         raise RejectedUpdate(f"num-examples {metrics['num-examples']} is not positive")
+    if not float(metrics["sim-seconds"]) >= 0.0:
+        raise RejectedUpdate(f"sim-seconds {metrics['sim-seconds']} is not a duration")
     return weight
 
 

@@ -2,7 +2,9 @@
 rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every device and
 write the results directory.
 
-Two entry points run the same :func:`run_fleet`: :func:`build_server_app` (config passed by
+After every round the server checkpoints its state and the devices theirs, so a killed run
+continues exactly (:mod:`fedsparse.fl.checkpoint`). Two entry points run the same
+:func:`run_fleet`: :func:`build_server_app` (config passed by
 closure, for ``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and
 the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
 ``overrides`` (``key=value`` pairs separated by ``;``) and ``out`` from the run config.
@@ -21,9 +23,10 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
-from fedsparse.config import ExperimentConfig, load_config
+from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
-from fedsparse.errors import FedsparseError
+from fedsparse.errors import FedsparseError, RunStopped
+from fedsparse.fl.checkpoint import load_server_state, save_server_state
 from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
@@ -162,34 +165,62 @@ def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
     return {} if metrics is None else {key: float(value) for key, value in metrics.items()}
 
 
-def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-              out_dir: Path) -> FleetRun:
-    """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
-    the results."""
-    torch.set_num_threads(1)
-    nodes = wait_for_nodes(grid, plan.n_devices)
-    node_devices = profile_devices(grid, nodes, cfg, plan)
+def checkpoint_path(out_dir: Path) -> Path:
+    """Where the server's checkpoint of a run in ``out_dir`` lives."""
+    return out_dir / "checkpoint" / "server.npz"
+
+
+def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
+           node_devices: dict[int, int]) -> tuple[SparseFedStrategy, float]:
+    """A fresh strategy: initial masks (federated NMF or random) and seeded item values."""
     start = time.perf_counter()
     top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items)
     init_seconds = time.perf_counter() - start
     values = (torch.randn(data.n_items, cfg.model.dim, generator=generator_for(cfg.seed, 0, 0,
                                                                                 "item-init"))
               * cfg.model.init_std).numpy()
-    strategy = SparseFedStrategy(cfg, plan, values, top_mask, node_devices)
+    return SparseFedStrategy(cfg, plan, values, top_mask, node_devices), init_seconds
+
+
+def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
+              out_dir: Path, *, resume: bool = False) -> FleetRun:
+    """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
+    the results.
+
+    After every round the server state goes to :func:`checkpoint_path` (atomically) and the
+    devices keep theirs under ``<out_dir>/checkpoint/devices``; with ``resume`` a run whose
+    checkpoint exists continues after its last completed round.
+
+    Raises
+    ------
+    FedsparseError
+        The checkpoint is corrupt or belongs to another config, or ``fl.max_skipped_rounds``
+        rounds in a row had too few successful devices.
+    """
+    torch.set_num_threads(1)
+    config_text = config_toml(cfg)
+    saved = checkpoint_path(out_dir)
+    state = load_server_state(saved, config_text) if resume and saved.exists() else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.toml").write_text(config_text)
+    nodes = wait_for_nodes(grid, plan.n_devices)
+    node_devices = profile_devices(grid, nodes, cfg, plan)
+    if state is None:
+        strategy, init_seconds = _start(grid, cfg, data, plan, node_devices)
+        history: list[dict] = []
+        done = 0
+    else:
+        strategy = SparseFedStrategy(cfg, plan, state.item, state.masks[plan.tiers[-1].name],
+                                     node_devices)
+        strategy.restore(state)
+        init_seconds, history, done = state.init_seconds, state.history, state.round
+        logger.info("resuming %s after round %d of %d", out_dir, state.round, cfg.fl.rounds)
+    strategy.state_dir = str(out_dir / "checkpoint" / "devices")
     strategy.summary()
-    history = []
-    bar = tqdm(range(1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round")
+    bar = tqdm(range(done + 1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round",
+               initial=done, total=cfg.fl.rounds)
     for server_round in bar:
-        round_start = time.perf_counter()
-        down_before = int(strategy.ledger.down_bytes.sum())
-        messages = list(strategy.configure_train(server_round, None, None, grid))
-        replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
-        _, counts = strategy.aggregate_train(server_round, replies)
-        row = {"round": server_round, "sampled": len(messages),
-               **{key: counts[key] for key in counts},
-               "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
-               "mask-updates": strategy.mask_updates}
-        row["seconds"] = time.perf_counter() - round_start
+        row = _train_round(strategy, grid, server_round)
         every = cfg.fl.eval_every
         final = server_round == cfg.fl.rounds
         if final or (every and server_round % every == 0):
@@ -200,6 +231,13 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
                     ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))
         bar.set_postfix(loss=f"{row['loss']:.4f}", ok=row["succeeded"])
+        save_server_state(saved, strategy.server_state(server_round, history, init_seconds),
+                          config_text)
+        if strategy.skipped_in_a_row >= cfg.fl.max_skipped_rounds:
+            raise RunStopped(
+                f"stopped after round {server_round}: {strategy.skipped_in_a_row} rounds in a "
+                f"row skipped, fewer than fl.min_success = {cfg.fl.min_success:g} of the sampled "
+                f"devices succeeded (last: {row['succeeded']} of {row['sampled']})")
     run = FleetRun(cfg=cfg, plan=plan, data=data, item=strategy.item, masks=strategy.masks,
                    ledger=strategy.ledger, history=pd.DataFrame(history),
                    init_seconds=init_seconds)
@@ -207,15 +245,35 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     return run
 
 
+def _train_round(strategy: SparseFedStrategy, grid: Grid, server_round: int) -> dict:
+    """One training round: send, collect, aggregate; returns its history row."""
+    round_start = time.perf_counter()
+    down_before = int(strategy.ledger.down_bytes.sum())
+    messages = list(strategy.configure_train(server_round, None, None, grid))
+    replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+    _, counts = strategy.aggregate_train(server_round, replies)
+    return {"round": server_round, "sampled": len(messages), **{key: counts[key] for key in counts},
+            "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
+            "mask-updates": strategy.mask_updates,
+            "seconds": time.perf_counter() - round_start}
+
+
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-                     out_dir: Path) -> ServerApp:
+                     out_dir: Path, *, resume: bool = False,
+                     errors: list[FedsparseError] | None = None) -> ServerApp:
     """A ServerApp running ``plan`` into ``out_dir`` (config, data and plan by closure: the
-    launcher has already loaded and checked them)."""
+    launcher has already loaded and checked them). A :class:`FedsparseError` of the run is
+    appended to ``errors``, for the launcher to report once Flower has stopped."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_fleet(grid, cfg, data, plan, out_dir)
+        try:
+            run_fleet(grid, cfg, data, plan, out_dir, resume=resume)
+        except FedsparseError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
 
     return server_app
 

@@ -17,12 +17,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedsparse.config import ExperimentConfig
+from fedsparse.config import ExperimentConfig, config_toml
 from fedsparse.data import load_dataset
 from fedsparse.errors import FedsparseError
 from fedsparse.fl.client_app import app as client_app
 from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.server_app import build_server_app
+from fedsparse.fl.checkpoint import load_server_state
+from fedsparse.fl.server_app import build_server_app, checkpoint_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,28 +58,43 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
         flower_logger.setLevel(flower_level)
 
 
-def simulate(cfg: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics.
+def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics with
+    the run's ``runtime`` (wall-clock seconds, peak memory).
+
+    With ``resume``, ``out_dir`` holds a run that was stopped or killed: it continues after
+    the last round its checkpoint holds (from the start if none was written yet).
 
     Raises
     ------
     ConfigError
         Before anything starts, for a config the fleet cannot run.
     FedsparseError
-        When the simulation ended without writing its results (the ServerApp failed; the
-        reason is in the log).
+        Before anything starts: ``out_dir`` holds a finished run, or an unfinished one without
+        ``resume``, or a checkpoint that is corrupt or of another config. Afterwards: the run
+        stopped (too many skipped rounds) or ended without results.
     """
     data = load_dataset(cfg.data.name, cfg.data.split)
     plan = plan_fleet(cfg, data)
-    metrics_path = out_dir / "metrics.json"
+    metrics_path, saved = out_dir / "metrics.json", checkpoint_path(out_dir)
     if metrics_path.exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
+    if resume and saved.exists():
+        load_server_state(saved, config_toml(cfg))             # corrupt or another config
+    elif not resume and saved.exists():
+        raise FedsparseError(f"{out_dir}: holds an unfinished run; continue it with --resume "
+                             f"{out_dir} or choose another --out")
     logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,
                 ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
                           for i, tier in enumerate(plan.tiers)), data.name, out_dir)
-    run_flower_simulation(build_server_app(cfg, data, plan, out_dir), client_app, plan.n_devices,
+    errors: list[FedsparseError] = []
+    server_app = build_server_app(cfg, data, plan, out_dir, resume=resume, errors=errors)
+    run_flower_simulation(server_app, client_app, plan.n_devices,
                           num_cpus=cfg.fl.num_cpus or os.cpu_count() or 1,
                           client_cpus=cfg.fl.client_cpus)
+    if errors:
+        raise errors[0]
     if not metrics_path.exists():
         raise FedsparseError("the simulation ended without results; see the log above")
-    return json.loads(metrics_path.read_text())
+    return {**json.loads(metrics_path.read_text()),
+            "runtime": json.loads((out_dir / "runtime.json").read_text())}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +23,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.config import ExperimentConfig
+from fedsparse.fl.checkpoint import LEDGER_ARRAYS, ServerState
+from fedsparse.fl.faults import SIMULATED_FAULT_CODE
 from fedsparse.fl.fleet import FleetPlan, fleet_identity
 from fedsparse.fl.records import (PAYLOAD_ARRAYS, Expected, RejectedUpdate, config_record,
                                   decode_train_reply, message_bytes, slice_record)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
-from fedsparse.sparse.federated import aggregate_sparse_updates, nested_tier_masks
+from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates,
+                                        nested_tier_masks)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,10 @@ class SparseFedStrategy(Strategy):
             raise ValueError(f"node_devices must cover devices 0..{plan.n_devices - 1}")
         self.ledger = DeviceLedger.empty(plan.n_devices)
         self.mask_updates = 0
+        self.skipped_in_a_row = 0
+        self.state_dir = ""                            # devices persist their state here
         self._sent: dict[int, int] = {}                # node -> device of the last send
+        self._sampled = 0                              # devices sent TRAIN this round
 
     # ------------------------------------------------------------------ masks
     def _tier_masks(self, top_mask: np.ndarray) -> list[np.ndarray]:
@@ -126,6 +133,28 @@ class SparseFedStrategy(Strategy):
                     self.mask_updates, update.grown.numel(), fraction)
         return update.grown.numel()
 
+    # ------------------------------------------------------------------ checkpoints
+    def server_state(self, server_round: int, history: list[dict[str, Any]],
+                     init_seconds: float) -> ServerState:
+        """Everything needed to continue after ``server_round`` (for the checkpoint)."""
+        return ServerState(
+            round=server_round, item=self.item, growth=self.growth,
+            masks={tier.name: mask for tier, mask in zip(self.plan.tiers, self.masks)},
+            counters={"mask_updates": self.mask_updates,
+                      "skipped_in_a_row": self.skipped_in_a_row},
+            ledger={key: getattr(self.ledger, key) for key in LEDGER_ARRAYS},
+            evaluation=self.ledger.evaluation, history=history, init_seconds=init_seconds)
+
+    def restore(self, state: ServerState) -> None:
+        """Continue from a checkpoint of this fleet (the inverse of :meth:`server_state`)."""
+        self.item, self.growth = state.item, state.growth
+        self.masks = [state.masks[tier.name] for tier in self.plan.tiers]
+        self.mask_updates = state.counters["mask_updates"]
+        self.skipped_in_a_row = state.counters["skipped_in_a_row"]
+        for key in LEDGER_ARRAYS:
+            setattr(self.ledger, key, state.ledger[key])
+        self.ledger.evaluation = dict(state.evaluation)
+
     # ------------------------------------------------------------------ sampling, messages
     def sample_devices(self, server_round: int) -> list[int]:
         """Devices of ``server_round``, ascending: all, or ``fl.clients_per_round`` drawn
@@ -144,7 +173,10 @@ class SparseFedStrategy(Strategy):
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
                 "negatives": fl.negatives, "growth-topk": self.growth_topk(tier),
-                "topk": self.cfg.train.topk, "threads": max(1, int(fl.client_cpus))}
+                "topk": self.cfg.train.topk, "threads": max(1, int(fl.client_cpus)),
+                "crash-prob": fl.crash_prob, "offline-prob": fl.offline_prob,
+                "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter,
+                "steps-per-second": self.plan.tiers[tier].steps_per_second}
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's
@@ -169,6 +201,8 @@ class SparseFedStrategy(Strategy):
             config = {**self._device_config(server_round, device), **(extra or {})}
             content = RecordDict({"item": slices[tier], "config": config_record(config)})
             self.ledger.down_bytes[device] += message_bytes(content)
+            if self.state_dir:         # the simulation's own instruction: not protocol bytes
+                content["config"]["state-dir"] = self.state_dir
             self.ledger.messages[device] += 1
             node = self.device_nodes[device]
             self._sent[node] = device
@@ -180,18 +214,24 @@ class SparseFedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """One TRAIN message per sampled device with its tier's slice. ``arrays`` and
         ``config`` are not used: the global state lives in the strategy."""
-        return self._messages(server_round, self.sample_devices(server_round), MessageType.TRAIN)
+        devices = self.sample_devices(server_round)
+        self._sampled = len(devices)
+        return self._messages(server_round, devices, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
         """Check, decode and aggregate the round's replies; move the masks when it is time.
 
         Returns None (the global table stays in the strategy: ``item``, ``masks``) and the
-        round's counts: replies ``succeeded``, ``failed`` (error replies), ``rejected``
-        (malformed), ``up-bytes``, ``loss`` (mean over accepted devices) and ``moved`` (entries
-        moved by a mask update).
+        round's counts: replies ``succeeded``, ``failed`` (error replies: crashed, offline),
+        ``rejected`` (malformed), ``late`` (past ``fl.deadline_seconds`` on the simulated
+        clock), ``skipped`` (1 when fewer than ``fl.min_success`` of the sampled devices
+        succeeded: nothing is applied), ``up-bytes``, ``loss`` (mean over accepted devices)
+        and ``moved`` (entries moved by a mask update).
         """
-        accepted, losses, failed, rejected, up_bytes = [], [], 0, 0, 0
+        accepted: list[tuple[SparseUpdate, int]] = []
+        losses, failed, rejected, late, up_bytes = [], 0, 0, 0, 0
+        deadline = self.cfg.fl.deadline_seconds
         for reply in replies:
             node = reply.metadata.src_node_id
             device = self._sent.get(node, -1)
@@ -202,8 +242,10 @@ class SparseFedStrategy(Strategy):
                     self.ledger.up_bytes[device] += size
             if reply.has_error():
                 failed += 1
-                logger.warning("round %d: device %d failed: %s", server_round, device,
-                               reply.error.reason)
+                simulated = reply.error.code == SIMULATED_FAULT_CODE
+                logger.log(logging.DEBUG if simulated else logging.WARNING,
+                           "round %d: device %d failed: %s", server_round, device,
+                           reply.error.reason)
                 continue
             try:
                 if device < 0:
@@ -220,25 +262,42 @@ class SparseFedStrategy(Strategy):
                 logger.warning("round %d: rejected the update of device %d: %s", server_round,
                                device, exc)
                 continue
-            accepted.append(update)
+            if 0.0 < deadline < float(reply.content["reply"]["sim-seconds"]):
+                late += 1                              # arrived after the round closed
+                continue
+            accepted.append((update, train_bytes))
             self.ledger.up_payload_bytes[device] += sum(
                 reply.content["update"][key].numpy().nbytes for key in PAYLOAD_ARRAYS)
             losses.append(float(reply.content["reply"]["loss"]))
-            self.ledger.rounds[device] += 1
-            self.ledger.max_train_bytes[device] = max(self.ledger.max_train_bytes[device],
-                                                      train_bytes)
-        if self.cfg.sparse.method == "sparserec_no_accumulation":
-            self.growth[:] = 0.0                       # growth by the last round's scores only
-        if accepted:
-            self.item, round_growth = aggregate_sparse_updates(self.item, accepted,
-                                                               server_lr=self.cfg.fl.server_lr)
-            self.growth += round_growth
-        moved = self.update_masks(server_round) if self.is_mask_round(server_round) else 0
+        skipped = len(accepted) < self.cfg.fl.min_success * self._sampled
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        moved = 0
+        if skipped:
+            logger.warning("round %d skipped: %d of %d sampled devices succeeded (fl.min_success "
+                           "%g)", server_round, len(accepted), self._sampled,
+                           self.cfg.fl.min_success)
+        else:
+            self._apply(accepted)
+            moved = self.update_masks(server_round) if self.is_mask_round(server_round) else 0
         metrics = MetricRecord({"succeeded": len(accepted), "failed": failed,
-                                "rejected": rejected, "up-bytes": up_bytes,
+                                "rejected": rejected, "late": late, "skipped": int(skipped),
+                                "up-bytes": up_bytes,
                                 "loss": float(np.mean(losses)) if losses else float("nan"),
                                 "moved": moved})
         return None, metrics
+
+    def _apply(self, accepted: list[tuple[SparseUpdate, int]]) -> None:
+        """Aggregate the round's accepted updates and count the devices' participation."""
+        if self.cfg.sparse.method == "sparserec_no_accumulation":
+            self.growth[:] = 0.0                       # growth by the last round's scores only
+        if accepted:
+            self.item, round_growth = aggregate_sparse_updates(
+                self.item, [update for update, _ in accepted], server_lr=self.cfg.fl.server_lr)
+            self.growth += round_growth
+        for update, train_bytes in accepted:
+            self.ledger.rounds[update.device] += 1
+            self.ledger.max_train_bytes[update.device] = max(
+                self.ledger.max_train_bytes[update.device], train_bytes)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

@@ -3,12 +3,15 @@
 ``config.toml``, ``metrics.json`` (fleet mean and per-tier Recall@K / NDCG@K, densities,
 bytes), ``history.csv`` (one row per round), ``clients.csv`` (one row per device),
 ``model.npz`` (global ``item`` table, ``item_mask_<tier>`` per tier, ``user`` rows of the
-devices with ``user_mask``) and ``memory_vs_accuracy.png``.
+devices with ``user_mask``), ``runtime.json`` (wall-clock seconds and peak memory) and
+``memory_vs_accuracy.png``. ``metrics.json``, ``clients.csv`` and ``model.npz`` depend only
+on the config and seed: a resumed run writes them byte for byte as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,13 +86,12 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
         "down_bytes_per_round": float(history["down-bytes"].sum() / rounds),
         "rejected": int(history["rejected"].sum()),
         "failed": int(history["failed"].sum()),
-        "seconds_per_round": float(np.median(history["seconds"])) if len(history) else 0.0,
-        "init_seconds": run.init_seconds,
+        "late": int(history["late"].sum()),
+        "skipped_rounds": int(history["skipped"].sum()),
         "devices": run.plan.n_devices,
         "rounds": cfg.fl.rounds,
         "method": cfg.sparse.method,
         "dataset": run.data.name,
-        "peak_memory_mb": peak_memory_mb(),
         "tiers": {},
     }
     for index, tier in enumerate(run.plan.tiers):
@@ -112,6 +114,25 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
             "item_mask_nnz": int(run.masks[index].sum()),
         }
     return metrics
+
+
+def runtime(run: FleetRun) -> dict[str, float]:
+    """What differs between two runs of the same config: wall-clock seconds (median per
+    round, mask initialisation) and the process's peak memory."""
+    seconds = run.history["seconds"] if len(run.history) else pd.Series([0.0])
+    return {"seconds_per_round": float(np.median(seconds)), "init_seconds": run.init_seconds,
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def write_reproducible_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` without the archive's timestamps, so that equal arrays give
+    equal bytes (``numpy.load`` reads it as usual)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, values in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(values), allow_pickle=False)
 
 
 def model_arrays(run: FleetRun) -> dict[str, np.ndarray]:
@@ -151,6 +172,7 @@ def write_fleet_run(out_dir: Path, run: FleetRun) -> dict[str, Any]:
     clients.to_csv(out_dir / "clients.csv", index=False)
     run.history.to_csv(out_dir / "history.csv", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    np.savez_compressed(out_dir / "model.npz", **model_arrays(run))
+    (out_dir / "runtime.json").write_text(json.dumps(runtime(run), indent=2) + "\n")
+    write_reproducible_npz(out_dir / "model.npz", model_arrays(run))
     plot_memory_vs_accuracy(clients, run.cfg.train.topk, out_dir / "memory_vs_accuracy.png")
     return metrics

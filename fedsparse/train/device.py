@@ -93,6 +93,8 @@ class DeviceUpdate:
     train_bytes : int
         Bytes held while training: item slice with Adam state, user row with Adam state,
         growth buffer.
+    steps : int
+        Local optimizer steps taken (the device's compute, for the simulated clock).
     """
 
     entries: np.ndarray
@@ -102,6 +104,7 @@ class DeviceUpdate:
     examples: int
     loss: float
     train_bytes: int
+    steps: int
 
 
 def user_row_bytes(dim: int) -> int:
@@ -197,7 +200,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
             "exp_avg": torch.from_numpy(user.exp_avg.copy()).unsqueeze(0),
             "exp_avg_sq": torch.from_numpy(user.exp_avg_sq.copy()).unsqueeze(0)}
     recorder = RowGradientRecorder(item_table)
-    loss_sum = 0.0
+    loss_sum, steps = 0.0, 0
     try:
         for _ in range(hp.local_epochs):
             order = torch.randperm(len(pos), generator=generator)
@@ -212,6 +215,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
                 slot = torch.searchsorted(touched, rows)                          # (R,)
                 growth[slot] += grad.abs().masked_fill(touched_active[slot], 0.0)
                 loss_sum += loss.item() * len(batch)
+                steps += 1
     finally:
         recorder.remove()
     train_bytes = (item_table.memory_bytes(optimizer) + user_table.memory_bytes(optimizer)
@@ -228,7 +232,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
     update = DeviceUpdate(entries=entries.numpy(), values=values.numpy().copy(),
                           grow_entries=grow_entries, grow_scores=grow_scores,
                           examples=len(pos) * hp.local_epochs, loss=loss_sum / len(pos),
-                          train_bytes=train_bytes)
+                          train_bytes=train_bytes, steps=steps)
     return update, new_user
 
 

@@ -1,4 +1,7 @@
-"""Records of the protocol: slices and updates round-trip; malformed replies are rejected."""
+"""Records of the protocol: slices and updates round-trip; malformed replies are rejected;
+failed, late and too few replies."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ from flwr.app import (Array, Context, Error, Message, MessageType, MetricRecord,
 
 from fedsparse.data import load_dataset
 from fedsparse.fl.client_app import evaluate, train
+from fedsparse.fl.faults import SIMULATED_FAULT_CODE
 from fedsparse.fl.fleet import plan_fleet
 from fedsparse.fl.records import (Expected, arrays_record, decode_train_reply, encode_update,
                                   reply_metrics, slice_from_record, slice_record)
@@ -43,11 +47,12 @@ def test_update_round_trips(server_identity):
     update = DeviceUpdate(entries=entries, values=np.array([1, 2, 3, 4], np.float32),
                           grow_entries=np.array([5, 13, 15]),
                           grow_scores=np.array([0.5, 0.25, 2.0], np.float32),
-                          examples=6, loss=0.5, train_bytes=100)
+                          examples=6, loss=0.5, train_bytes=100, steps=2)
     sent = Message(content=RecordDict({}), dst_node_id=9, message_type=MessageType.TRAIN)
     reply = Message(content=RecordDict({
         "update": encode_update(update, dim=dim, topk=topk),
-        "reply": reply_metrics(update, device=3, server_round=2, tier_index=0)}), reply_to=sent)
+        "reply": reply_metrics(update, device=3, server_round=2, tier_index=0,
+                               sim_seconds=0.02)}), reply_to=sent)
     decoded = decode_train_reply(reply, Expected(device=3, server_round=2, tier_index=0,
                                                  tier_mask=mask, topk=topk))
     assert decoded.weight == 6 and decoded.device == 3
@@ -118,7 +123,7 @@ MALFORMED = {
 @pytest.fixture()
 def trained_round(server_identity, fleet_config, fleet_data):
     """A strategy after sending round 1, and the honest replies of its devices."""
-    cfg = fleet_config("sparse.method=sparserec_no_nmf")
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.speed_jitter=0.5")
     data = load_dataset(cfg.data.name)
     plan = plan_fleet(cfg, data)
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
@@ -197,3 +202,57 @@ def test_device_evaluates_with_its_own_slice(trained_round):
     assert 0.0 <= metrics["recall@20"] <= 1.0 and metrics["n-test"] == 3
     tier = strategy.plan.tiers[strategy.plan.device_tier[0]]
     assert 0 < metrics["model-bytes"] <= tier.budget_bytes
+
+
+def _with_fleet(strategy, **changes):
+    strategy.cfg = dataclasses.replace(strategy.cfg,
+                                       fl=dataclasses.replace(strategy.cfg.fl, **changes))
+
+
+def test_replies_past_the_deadline_count_as_late(trained_round):
+    new_strategy, strategy, _, replies = trained_round
+    seconds = sorted(float(reply.content["reply"]["sim-seconds"]) for reply in replies)
+    deadline = seconds[len(seconds) // 2]
+    _with_fleet(strategy, deadline_seconds=deadline)
+    _, counts = strategy.aggregate_train(1, replies)
+    late = sum(s > deadline for s in seconds)
+    assert late > 0 and counts["late"] == late and counts["succeeded"] == len(replies) - late
+
+    on_time = [reply for reply in replies if float(reply.content["reply"]["sim-seconds"]) <= deadline]
+    without_late = new_strategy()
+    list(without_late.configure_train(1, None, None, None))
+    without_late.aggregate_train(1, on_time)
+    assert np.array_equal(strategy.item, without_late.item)
+
+
+def test_a_round_with_too_few_successes_is_skipped(trained_round, server_identity):
+    _, strategy, messages, replies = trained_round
+    before = strategy.item.copy()
+    crashed = [Message(error=Error(code=SIMULATED_FAULT_CODE, reason="simulated crash"),
+                       reply_to=message) for message in messages[:20]]
+    _with_fleet(strategy, min_success=0.5)
+    _, counts = strategy.aggregate_train(1, [*crashed, *replies[20:]])
+    assert counts["failed"] == 20 and counts["succeeded"] == 4 and counts["skipped"] == 1
+    assert np.array_equal(strategy.item, before) and strategy.skipped_in_a_row == 1
+    assert not strategy.ledger.rounds.any()
+
+
+def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_config, server_identity,
+                                                                     fleet_data):
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.crash_prob=0.5")
+    plan = plan_fleet(cfg, fleet_data)
+    top = random_mask(fleet_data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
+                      generator_for(0, 0, 0, "mask-init"))
+    strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top,
+                                 {100 + d: d for d in range(plan.n_devices)})
+    outcomes = []
+    for message in strategy.configure_train(1, None, None, None):
+        device = message.metadata.dst_node_id - 100
+        context = Context(run_id=1, node_id=message.metadata.dst_node_id,
+                          node_config={"partition-id": device}, state=RecordDict(),
+                          run_config={})
+        reply = train(message, context)
+        outcomes.append(reply.has_error())
+        if reply.has_error():
+            assert reply.error.code == SIMULATED_FAULT_CODE and "user" not in context.state
+    assert 0 < sum(outcomes) < len(outcomes)

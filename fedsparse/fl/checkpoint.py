@@ -1,0 +1,163 @@
+"""Checkpoints of a fleet run, and the devices' own state files, for exact resume.
+
+After every round the server writes ``<out>/checkpoint/server.npz`` atomically (a temporary
+file, then ``os.replace``): the global item table, each tier's mask, the growth accumulator,
+the round, the mask-update and skipped-round counters, the accounting ledger and the history so
+far, and the resolved config it belongs to. Random streams need no saved state: every draw is
+keyed by (seed, round, device, purpose), so the round number is the generators' state.
+
+Each device persists its own private state (user row and Adam moments) after each round it
+trains, to ``<state dir>/device_<id>/round_<r>.npz``, and keeps the previous file: a device
+restarted after a crash loads the newest file of a round the server's checkpoint covers, so a
+round that was cut short by a kill is redone from the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsparse.errors import FedsparseError
+from fedsparse.train.device import UserRow
+
+FORMAT = 1
+LEDGER_ARRAYS = ("up_bytes", "up_payload_bytes", "down_bytes", "messages", "rounds",
+                 "max_train_bytes")
+
+
+@dataclass
+class ServerState:
+    """What the server needs to continue a run after ``round``.
+
+    Attributes
+    ----------
+    round : int
+        The last round completed (aggregated, evaluated if due).
+    item : np.ndarray
+        (n_items, d) float32 global item table.
+    growth : np.ndarray
+        (n_items, d) accumulated growth scores since the last mask update.
+    masks : dict[str, np.ndarray]
+        Tier name -> (n_items, d) bool mask.
+    counters : dict[str, int]
+        ``mask_updates``, ``skipped_in_a_row``.
+    ledger : dict[str, np.ndarray]
+        The per-device arrays of :data:`LEDGER_ARRAYS`.
+    evaluation : dict[int, dict[str, float]]
+        Each evaluated device's last metrics.
+    history : list[dict[str, Any]]
+        One row per completed round.
+    init_seconds : float
+        Seconds the mask initialisation took in the first run.
+    """
+
+    round: int
+    item: np.ndarray
+    growth: np.ndarray
+    masks: dict[str, np.ndarray]
+    counters: dict[str, int]
+    ledger: dict[str, np.ndarray]
+    evaluation: dict[int, dict[str, float]]
+    history: list[dict[str, Any]]
+    init_seconds: float
+
+
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` through a temporary file and a rename, so a reader (or a
+    kill) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def save_server_state(path: Path, state: ServerState, config_text: str) -> None:
+    """Write ``state`` (belonging to the run of ``config_text``) to ``path`` atomically."""
+    meta = {"format": FORMAT, "round": state.round, "config": config_text,
+            "counters": state.counters, "init_seconds": state.init_seconds,
+            "evaluation": {str(device): values for device, values in state.evaluation.items()},
+            "history": state.history, "tiers": list(state.masks)}
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+              "item": state.item, "growth": state.growth,
+              **{f"mask_{index}": mask for index, mask in enumerate(state.masks.values())},
+              **{f"ledger_{key}": state.ledger[key] for key in LEDGER_ARRAYS}}
+    atomic_savez(path, arrays)
+
+
+def load_server_state(path: Path, config_text: str) -> ServerState:
+    """Read a checkpoint written by :func:`save_server_state` for the run of ``config_text``.
+
+    Raises
+    ------
+    FedsparseError
+        One line: the file is unreadable or corrupt, or belongs to another config.
+    """
+    try:
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+        masks = {name: arrays.pop(f"mask_{index}") for index, name in enumerate(meta["tiers"])}
+        ledger = {key: arrays.pop(f"ledger_{key}") for key in LEDGER_ARRAYS}
+        item, growth = arrays.pop("item"), arrays.pop("growth")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+            UnicodeDecodeError) as exc:
+        raise FedsparseError(f"checkpoint {path}: corrupt or unreadable ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise FedsparseError(f"checkpoint {path}: format {meta.get('format')}, expected {FORMAT}")
+    if meta["config"] != config_text:
+        raise FedsparseError(f"checkpoint {path}: written for another config "
+                             f"({_first_difference(meta['config'], config_text)})")
+    return ServerState(round=int(meta["round"]), item=item, growth=growth, masks=masks,
+                       counters={key: int(value) for key, value in meta["counters"].items()},
+                       ledger=ledger,
+                       evaluation={int(device): values
+                                   for device, values in meta["evaluation"].items()},
+                       history=meta["history"], init_seconds=float(meta["init_seconds"]))
+
+
+def _first_difference(saved: str, current: str) -> str:
+    for old, new in zip(saved.splitlines(), current.splitlines()):
+        if old != new:
+            return f"checkpoint has {old.strip()!r}, this run {new.strip()!r}"
+    return "one config is longer"
+
+
+# ---------------------------------------------------------------------- device state files
+def _device_dir(state_dir: str, device: int) -> Path:
+    return Path(state_dir) / f"device_{device:06d}"
+
+
+def _round_of(path: Path) -> int:
+    return int(path.stem.removeprefix("round_"))
+
+
+def persist_device_state(state_dir: str, device: int, server_round: int, user: UserRow) -> None:
+    """Write the device's state after ``server_round``; keep the one before, delete older."""
+    folder = _device_dir(state_dir, device)
+    atomic_savez(folder / f"round_{server_round:06d}.npz",
+                 {"values": user.values, "exp_avg": user.exp_avg,
+                  "exp_avg_sq": user.exp_avg_sq, "step": np.array([user.step])})
+    earlier = sorted((path for path in folder.glob("round_*.npz")
+                      if _round_of(path) < server_round), key=_round_of)
+    for path in earlier[:-1]:
+        path.unlink()
+
+
+def restore_device_state(state_dir: str, device: int, up_to_round: int) -> UserRow | None:
+    """The device's state after the latest round <= ``up_to_round`` it trained in, or None."""
+    folder = _device_dir(state_dir, device)
+    rounds = [path for path in folder.glob("round_*.npz") if _round_of(path) <= up_to_round]
+    if not rounds:
+        return None
+    with np.load(max(rounds, key=_round_of)) as arrays:
+        return UserRow(values=arrays["values"], exp_avg=arrays["exp_avg"],
+                       exp_avg_sq=arrays["exp_avg_sq"], step=int(arrays["step"][0]))

@@ -1,0 +1,122 @@
+"""Checkpoints: round trip, refusal of corrupt or foreign ones, device state files, and a real
+``kill -9`` of a simulation resumed to the same files, byte for byte."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fedsparse.config import dump_config
+from fedsparse.errors import FedsparseError
+from fedsparse.fl.checkpoint import (LEDGER_ARRAYS, ServerState, load_server_state,
+                                     persist_device_state, restore_device_state,
+                                     save_server_state)
+from fedsparse.train.device import UserRow
+
+
+def _state(round_=3):
+    rng = np.random.default_rng(0)
+    return ServerState(
+        round=round_, item=rng.normal(size=(5, 4)).astype(np.float32), growth=rng.random((5, 4)),
+        masks={"small": rng.random((5, 4)) < 0.3, "large": rng.random((5, 4)) < 0.6},
+        counters={"mask_updates": 1, "skipped_in_a_row": 0},
+        ledger={key: np.arange(6, dtype=np.int64) for key in LEDGER_ARRAYS},
+        evaluation={2: {"recall@20": 0.25, "n-test": 3.0}},
+        history=[{"round": 1, "loss": 0.5, "seconds": 1.25}, {"round": 2, "loss": float("nan")}],
+        init_seconds=4.5)
+
+
+def test_server_state_round_trips(tmp_path):
+    path = tmp_path / "server.npz"
+    save_server_state(path, _state(), "seed = 0\n")
+    loaded = load_server_state(path, "seed = 0\n")
+    assert loaded.round == 3 and loaded.counters == _state().counters
+    assert np.array_equal(loaded.item, _state().item) and loaded.item.dtype == np.float32
+    assert list(loaded.masks) == ["small", "large"]
+    assert all(np.array_equal(loaded.masks[k], _state().masks[k]) for k in loaded.masks)
+    assert loaded.evaluation == {2: {"recall@20": 0.25, "n-test": 3.0}}
+    assert loaded.history[0] == {"round": 1, "loss": 0.5, "seconds": 1.25}
+    assert np.isnan(loaded.history[1]["loss"]) and loaded.init_seconds == 4.5
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "server.npz"
+    save_server_state(path, _state(), "seed = 0\nname = \"a\"\n")
+    with pytest.raises(FedsparseError, match="another config .*'seed = 1'"):
+        load_server_state(path, "seed = 1\nname = \"a\"\n")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(FedsparseError, match="corrupt or unreadable") as error:
+        load_server_state(path, "seed = 0\nname = \"a\"\n")
+    assert "\n" not in str(error.value)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(FedsparseError, match="corrupt or unreadable"):
+        load_server_state(path, "seed = 0\nname = \"a\"\n")
+
+
+def test_a_device_restores_its_latest_state_the_checkpoint_covers(tmp_path):
+    def row(value):
+        return UserRow(values=np.full(4, value, np.float32), exp_avg=np.zeros(4, np.float32),
+                       exp_avg_sq=np.zeros(4, np.float32), step=int(value))
+
+    state_dir = str(tmp_path)
+    assert restore_device_state(state_dir, 7, 10) is None
+    for server_round in (2, 5, 6):
+        persist_device_state(state_dir, 7, server_round, row(server_round))
+    kept = sorted(p.name for p in (tmp_path / "device_000007").iterdir())
+    assert kept == ["round_000005.npz", "round_000006.npz"]        # the one before is kept
+    assert restore_device_state(state_dir, 7, 5).step == 5            # round 6 was cut short
+    assert restore_device_state(state_dir, 7, 9).step == 6
+    assert restore_device_state(state_dir, 8, 9) is None
+
+
+# ------------------------------------------------------------------------------- kill -9
+def _simulate(*args, **popen):
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fedsparse.cli", "simulate", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, **popen)
+
+
+def _finish(process, timeout=300):
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-3000:]
+
+
+def _round_in_checkpoint(path):
+    try:
+        return load_server_state(path, (path.parents[1] / "config.toml").read_text()).round
+    except (FedsparseError, FileNotFoundError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_simulation_resumes_to_the_same_files(fleet_config, tmp_path):
+    config = tmp_path / "fleet.toml"
+    dump_config(fleet_config("fl.rounds=12", "fl.clients_per_round=12", "fl.crash_prob=0.2",
+                             "fl.speed_jitter=0.5", "fl.deadline_seconds=0.09",
+                             "fl.eval_every=5"), config)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _finish(_simulate(str(config), "--out", str(whole)))
+
+    process = _simulate(str(config), "--out", str(killed))
+    checkpoint = killed / "checkpoint" / "server.npz"
+    deadline = time.monotonic() + 240
+    while _round_in_checkpoint(checkpoint) < 4:
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)                    # kill -9 the whole run
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+    assert _round_in_checkpoint(checkpoint) < 12
+    with pytest.raises(subprocess.CalledProcessError):        # no silent restart over it
+        subprocess.run([sys.executable, "-m", "fedsparse.cli", "simulate", str(config), "--out",
+                        str(killed)], check=True, capture_output=True, timeout=120)
+
+    _finish(_simulate("--resume", str(killed)))
+    for name in ("metrics.json", "clients.csv", "model.npz"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
