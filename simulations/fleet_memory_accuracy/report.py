@@ -20,12 +20,14 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
 
 
 def load_runs(dataset: str) -> dict[str, dict]:
-    """metrics.json of each method's run on ``dataset`` that exists."""
+    """metrics.json, with runtime.json under ``"runtime"``, of each method's run on
+    ``dataset`` that exists."""
     runs = {}
     for method in METHODS:
-        path = HERE / "results" / f"{dataset}_{method}" / "metrics.json"
-        if path.exists():
-            runs[method] = json.loads(path.read_text())
+        out = HERE / "results" / f"{dataset}_{method}"
+        if (out / "metrics.json").exists():
+            runs[method] = {**json.loads((out / "metrics.json").read_text()),
+                            "runtime": json.loads((out / "runtime.json").read_text())}
     return runs
 
 
@@ -57,9 +59,11 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
                "up / round (MB)": metrics["up_bytes_per_round"] / 1e6,
                "down / round (MB)": metrics["down_bytes_per_round"] / 1e6,
                "all within budget": "yes" if metrics["within_budget"] else "no",
-               "init (s)": metrics["init_seconds"], "s / round": metrics["seconds_per_round"]}
+               "init (s)": metrics["runtime"]["init_seconds"],
+               "s / round": metrics["runtime"]["seconds_per_round"]}
         if bare is not None:
-            row["/ bare Flower round"] = metrics["seconds_per_round"] / bare["seconds_per_round"]
+            row["/ bare Flower round"] = (metrics["runtime"]["seconds_per_round"]
+                                          / bare["seconds_per_round"])
         rows.append(row)
     formats = ("", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f", ".2f")
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
