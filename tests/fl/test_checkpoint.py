@@ -74,6 +74,29 @@ def test_a_device_restores_its_latest_state_the_checkpoint_covers(tmp_path):
     assert restore_device_state(state_dir, 8, 9) is None
 
 
+def test_resume_and_unfinished_runs_are_checked_before_anything_starts(fleet_config, tmp_path,
+                                                                      capsys):
+    from fedsparse.cli import main
+    from fedsparse.config import config_toml
+
+    config = tmp_path / "fleet.toml"
+    dump_config(fleet_config(), config)
+    assert main(["simulate", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "holds no run (no config.toml)" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    save_server_state(out / "checkpoint" / "server.npz", _state(), config_toml(fleet_config()))
+    (out / "config.toml").write_text(config_toml(fleet_config()))
+    assert main(["simulate", str(config), "--out", str(out)]) == 2
+    assert "holds an unfinished run; continue it with --resume" in capsys.readouterr().err
+    assert main(["simulate", "--resume", str(out), "--set", "fl.rounds=7"]) == 2
+    assert "written for another config" in capsys.readouterr().err
+    (out / "checkpoint" / "server.npz").write_bytes(b"garbage")
+    assert main(["simulate", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or unreadable" in err and len(err.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------- kill -9
 def _simulate(*args, **popen):
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

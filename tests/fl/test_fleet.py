@@ -83,6 +83,10 @@ def test_tier_file_must_name_known_tiers_and_every_device(fleet_config, fleet_da
     (["fl.tiers.a.budget=10"], "fl.tiers.a.budget: unknown key"),
     (["fl.tiers.a=3"], "fl.tiers.a: expected a table"),
     (["fl.rounds=0"], "fl.rounds: must be >= 1"),
+    (["fl.crash_prob=1.0"], "fl.crash_prob: must be < 1"),
+    (["fl.min_success=2"], "fl.min_success: must be <= 1"),
+    (["fl.deadline_seconds=-1"], "fl.deadline_seconds: must be >= 0"),
+    (["fl.tiers.a.steps_per_second=0"], "fl.tiers.a.steps_per_second: must be > 0"),
 ])
 def test_fleet_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
