@@ -183,13 +183,15 @@ def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fleet
 
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-              out_dir: Path, *, resume: bool = False) -> FleetRun:
+              out_dir: Path, *, resume: bool = False,
+              device_state_dir: Path | None = None) -> FleetRun:
     """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
     the results.
 
-    After every round the server state goes to :func:`checkpoint_path` (atomically) and the
-    devices keep theirs under ``<out_dir>/checkpoint/devices``; with ``resume`` a run whose
-    checkpoint exists continues after its last completed round.
+    After every round the server state goes to :func:`checkpoint_path` (atomically); in a
+    simulation the devices keep theirs under ``device_state_dir`` (real devices keep theirs in
+    their SuperNodes). With ``resume`` a run whose checkpoint exists continues after its last
+    completed round.
 
     Raises
     ------
@@ -215,7 +217,7 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         strategy.restore(state)
         init_seconds, history, done = state.init_seconds, state.history, state.round
         logger.info("resuming %s after round %d of %d", out_dir, state.round, cfg.fl.rounds)
-    strategy.state_dir = str(out_dir / "checkpoint" / "devices")
+    strategy.state_dir = str(device_state_dir or "")
     strategy.summary()
     bar = tqdm(range(done + 1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round",
                initial=done, total=cfg.fl.rounds)
@@ -269,7 +271,8 @@ def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPl
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_fleet(grid, cfg, data, plan, out_dir, resume=resume)
+            run_fleet(grid, cfg, data, plan, out_dir, resume=resume,
+                      device_state_dir=out_dir / "checkpoint" / "devices")
         except FedsparseError as exc:
             if errors is None:
                 raise
