@@ -1,4 +1,4 @@
-"""Command line: ``fedsparse train | simulate | data | report``."""
+"""Command line: ``fedsparse train | simulate | deploy-local | data | report``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,23 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_local(args: argparse.Namespace) -> int:
+    from fedsparse.fl.deployment import LOG_DIR_NAME, deploy_local
+    from fedsparse.report.results import default_run_dir
+
+    cfg = load_config(args.config, args.set)
+    out_dir = (Path(args.out) if args.out else default_run_dir(cfg.name)).resolve()
+    flwr_home = Path(args.flwr_home) if args.flwr_home else out_dir / "flwr_home"
+    status = deploy_local(Path(args.config), out_dir, args.set, flwr_home=flwr_home,
+                          timeout=args.timeout)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    k = cfg.train.topk
+    print(f"{cfg.name}: run {status} on {metrics['devices']} SuperNodes, "
+          f"recall@{k} {metrics[f'recall@{k}']:.4f}, ndcg@{k} {metrics[f'ndcg@{k}']:.4f}\n"
+          f"  results: {out_dir}  logs: {out_dir / LOG_DIR_NAME}")
+    return 0
+
+
 def _data_stats(args: argparse.Namespace) -> int:
     stats = load_dataset(args.dataset).stats()
     for key, value in stats.items():
@@ -121,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--resume", metavar="DIR",
                           help="continue the stopped or killed run in DIR from its checkpoint")
     simulate.set_defaults(handler=_simulate)
+
+    deploy = commands.add_parser(
+        "deploy-local", help="the fleet on real Flower processes on this machine: a SuperLink "
+                             "and one SuperNode per device, submitted with flwr run")
+    deploy.add_argument("config", help="TOML config file with an [fl] section")
+    deploy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set fl.max_devices=10")
+    deploy.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
+    deploy.add_argument("--flwr-home", help="Flower's state folder (default <out>/flwr_home)")
+    deploy.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds the run may take before it is stopped")
+    deploy.set_defaults(handler=_deploy_local)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
