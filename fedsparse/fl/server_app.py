@@ -233,8 +233,9 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
                     ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))
         bar.set_postfix(loss=f"{row['loss']:.4f}", ok=row["succeeded"])
-        save_server_state(saved, strategy.server_state(server_round, history, init_seconds),
-                          config_text)
+        if server_round < cfg.fl.rounds:     # after the last round the results are the state
+            save_server_state(saved, strategy.server_state(server_round, history, init_seconds),
+                              config_text)
         if strategy.skipped_in_a_row >= cfg.fl.max_skipped_rounds:
             raise RunStopped(
                 f"stopped after round {server_round}: {strategy.skipped_in_a_row} rounds in a "

@@ -171,8 +171,8 @@ def write_fleet_run(out_dir: Path, run: FleetRun) -> dict[str, Any]:
     metrics = fleet_metrics(run, clients)
     clients.to_csv(out_dir / "clients.csv", index=False)
     run.history.to_csv(out_dir / "history.csv", index=False)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "runtime.json").write_text(json.dumps(runtime(run), indent=2) + "\n")
     write_reproducible_npz(out_dir / "model.npz", model_arrays(run))
     plot_memory_vs_accuracy(clients, run.cfg.train.topk, out_dir / "memory_vs_accuracy.png")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")   # last: done
     return metrics
