@@ -6,7 +6,11 @@ the last mask update. Each round it sends every sampled device its tier's sparse
 decodes and checks the replies (malformed ones are rejected with a logged reason and counted),
 aggregates the accepted ones per entry in ascending device id (never through Flower's dense
 ``FedAvg`` aggregation, which would average index arrays), and every ``fl.mask_interval``
-rounds prunes and regrows the densest tier's mask and re-derives the others from it.
+rounds prunes and regrows the densest tier's mask and re-derives the others from it. Error
+replies (crashed or offline devices) count as failed, replies past ``fl.deadline_seconds`` on
+the simulated clock as late; a round with fewer accepted updates than ``fl.min_success`` of
+its sampled devices is skipped. :meth:`SparseFedStrategy.server_state` and
+:meth:`SparseFedStrategy.restore` carry its state through a checkpoint.
 """
 
 from __future__ import annotations
