@@ -7,8 +7,8 @@ cd "$(dirname "$0")/../.."
 here=simulations/fault_tolerance
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 # The quickstart fleet (1,878 devices, three tiers, federated SparseRec, every device sampled
-# in each of 8 rounds), one Ray CPU.
-base=(--set fl.num_cpus=1)
+# in each of 8 rounds).
+base=()
 # Stragglers: WoT devices take 10 local steps per simulated second, phones 25, flagships 50,
 # times a log-normal factor (sigma 0.5); replies after 0.3 s are late.
 stragglers=(--set fl.tiers.wot.steps_per_second=10 --set fl.tiers.phone.steps_per_second=25
@@ -21,7 +21,7 @@ run() {
   if [ -f "$out/checkpoint/server.npz" ]; then
     fedsparse simulate --resume "$out"
   else
-    fedsparse simulate configs/quickstart.toml "${base[@]}" "$@" --out "$out" || true
+    fedsparse simulate configs/quickstart.toml ${base[@]+"${base[@]}"} "$@" --out "$out" || true
   fi
 }
 for crash in 0 0.1 0.3 0.5; do
