@@ -52,7 +52,8 @@ def main() -> None:
             sampled = nodes
             if 0 < args.per_round < len(nodes):
                 rng = np.random.default_rng([server_round, args.per_round])
-                sampled = sorted(rng.choice(nodes, size=args.per_round, replace=False).tolist())
+                picks = rng.choice(len(nodes), size=args.per_round, replace=False)
+                sampled = [nodes[int(i)] for i in sorted(picks)]      # node ids stay Python ints
             messages = [
                 Message(content=RecordDict({"config": ConfigRecord({"round": server_round})}),
                         dst_node_id=node, message_type=MessageType.TRAIN)
