@@ -1,6 +1,6 @@
 """Checkpoints of a fleet run, and the devices' own state files, for exact resume.
 
-After every round the server writes ``<out>/checkpoint/server.npz`` atomically (a temporary
+In a simulation, after every round but the last, the server writes ``<out>/checkpoint/server.npz`` atomically (a temporary
 file, then ``os.replace``): the global item table, each tier's mask, the growth accumulator,
 the round, the mask-update and skipped-round counters, the accounting ledger and the history so
 far, and the resolved config it belongs to. Random streams need no saved state: every draw is
@@ -115,7 +115,7 @@ def load_server_state(path: Path, config_text: str) -> ServerState:
         raise FedsparseError(f"checkpoint {path}: format {meta.get('format')}, expected {FORMAT}")
     if meta["config"] != config_text:
         raise FedsparseError(f"checkpoint {path}: written for another config "
-                             f"({_first_difference(meta['config'], config_text)})")
+                             f"({first_difference(meta['config'], config_text)})")
     return ServerState(round=int(meta["round"]), item=item, growth=growth, masks=masks,
                        counters={key: int(value) for key, value in meta["counters"].items()},
                        ledger=ledger,
@@ -124,10 +124,11 @@ def load_server_state(path: Path, config_text: str) -> ServerState:
                        history=meta["history"], init_seconds=float(meta["init_seconds"]))
 
 
-def _first_difference(saved: str, current: str) -> str:
+def first_difference(saved: str, current: str) -> str:
+    """The first line where two config texts differ, for an error message."""
     for old, new in zip(saved.splitlines(), current.splitlines()):
         if old != new:
-            return f"checkpoint has {old.strip()!r}, this run {new.strip()!r}"
+            return f"was {old.strip()!r}, now {new.strip()!r}"
     return "one config is longer"
 
 

@@ -38,7 +38,7 @@ class FaultModel:
 
     crash_prob: float = 0.0
     offline_prob: float = 0.0
-    offline_rounds: int = 1
+    offline_rounds: int = 3
     steps_per_second: float = 100.0
     speed_jitter: float = 0.0
 

@@ -2,8 +2,8 @@
 rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every device and
 write the results directory.
 
-After every round the server checkpoints its state and the devices theirs, so a killed run
-continues exactly (:mod:`fedsparse.fl.checkpoint`). Two entry points run the same
+In a simulation the server checkpoints its state after every round and the devices theirs, so
+a killed run continues exactly (:mod:`fedsparse.fl.checkpoint`). Two entry points run the same
 :func:`run_fleet`: :func:`build_server_app` (config passed by
 closure, for ``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and
 the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
@@ -13,6 +13,7 @@ the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from tqdm.auto import tqdm
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError, RunStopped
-from fedsparse.fl.checkpoint import load_server_state, save_server_state
+from fedsparse.fl.checkpoint import ServerState, load_server_state, save_server_state
 from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
-from fedsparse.report.fleet import FleetRun, write_fleet_run
+from fedsparse.report.fleet import FleetRun, write_atomically, write_fleet_run
 from fedsparse.seeding import generator_for, numpy_rng_for
 from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores, nmf_item_step
 from fedsparse.sparse.masks import random_mask, top_fraction_mask
@@ -170,6 +171,20 @@ def checkpoint_path(out_dir: Path) -> Path:
     return out_dir / "checkpoint" / "server.npz"
 
 
+def device_state_path(out_dir: Path) -> Path:
+    """Where the simulated devices of a run in ``out_dir`` keep their state files."""
+    return (out_dir / "checkpoint" / "devices").resolve()
+
+
+def check_not_stopped(state: ServerState, cfg: ExperimentConfig) -> None:
+    """Refuse to continue a run that stopped on skipped rounds (an uninterrupted run ends
+    there too)."""
+    skipped = state.counters["skipped_in_a_row"]
+    if skipped >= cfg.fl.max_skipped_rounds:
+        raise RunStopped(f"the run stopped after round {state.round} ({skipped} rounds in a row "
+                         f"skipped); it does not resume")
+
+
 def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
            node_devices: dict[int, int]) -> tuple[SparseFedStrategy, float]:
     """A fresh strategy: initial masks (federated NMF or random) and seeded item values."""
@@ -188,23 +203,32 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
     the results.
 
-    After every round the server state goes to :func:`checkpoint_path` (atomically); in a
-    simulation the devices keep theirs under ``device_state_dir`` (real devices keep theirs in
-    their SuperNodes). With ``resume`` a run whose checkpoint exists continues after its last
-    completed round.
+    In a simulation (``device_state_dir`` given) the server writes its state to
+    :func:`checkpoint_path` after every round but the last (the results are the last state),
+    atomically, and the devices keep theirs under ``device_state_dir``; with ``resume`` a run
+    whose checkpoint exists continues after its last checkpointed round. Under ``flwr run``
+    and ``fedsparse deploy-local`` nothing is checkpointed (devices keep their state in their
+    SuperNodes for the run only).
 
     Raises
     ------
     FedsparseError
-        The checkpoint is corrupt or belongs to another config, or ``fl.max_skipped_rounds``
-        rounds in a row had too few successful devices.
+        The checkpoint is corrupt or belongs to another config.
+    RunStopped
+        ``fl.max_skipped_rounds`` rounds in a row had too few successful devices (also when
+        resuming a run that stopped so).
     """
     torch.set_num_threads(1)
     config_text = config_toml(cfg)
     saved = checkpoint_path(out_dir)
     state = load_server_state(saved, config_text) if resume and saved.exists() else None
+    if state is not None:
+        check_not_stopped(state, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(config_text)
+    if not (out_dir / "config.toml").exists():
+        write_atomically(out_dir / "config.toml", config_text)
+    if state is None and device_state_dir is not None and device_state_dir.exists():
+        shutil.rmtree(device_state_dir)             # an attempt killed before its first checkpoint
     nodes = wait_for_nodes(grid, plan.n_devices)
     node_devices = profile_devices(grid, nodes, cfg, plan)
     if state is None:
@@ -233,7 +257,7 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
                     ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))
         bar.set_postfix(loss=f"{row['loss']:.4f}", ok=row["succeeded"])
-        if server_round < cfg.fl.rounds:     # after the last round the results are the state
+        if device_state_dir is not None and server_round < cfg.fl.rounds:
             save_server_state(saved, strategy.server_state(server_round, history, init_seconds),
                               config_text)
         if strategy.skipped_in_a_row >= cfg.fl.max_skipped_rounds:
@@ -273,7 +297,7 @@ def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPl
     def main(grid: Grid, context: Context) -> None:
         try:
             run_fleet(grid, cfg, data, plan, out_dir, resume=resume,
-                      device_state_dir=out_dir / "checkpoint" / "devices")
+                      device_state_dir=device_state_path(out_dir))
         except FedsparseError as exc:
             if errors is None:
                 raise

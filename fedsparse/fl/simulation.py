@@ -22,8 +22,9 @@ from fedsparse.data import load_dataset
 from fedsparse.errors import FedsparseError
 from fedsparse.fl.client_app import app as client_app
 from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.checkpoint import load_server_state
-from fedsparse.fl.server_app import build_server_app, checkpoint_path
+from fedsparse.fl.checkpoint import first_difference, load_server_state
+from fedsparse.fl.server_app import (build_server_app, check_not_stopped, checkpoint_path,
+                                     device_state_path)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,23 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
         flower_logger.setLevel(flower_level)
 
 
+def _check_resumable(cfg: ExperimentConfig, out_dir: Path) -> None:
+    """One line, before anything starts, for a run in ``out_dir`` that cannot continue as
+    ``cfg``: another config, a corrupt checkpoint, missing device state, or a stopped run."""
+    text, config_file = config_toml(cfg), out_dir / "config.toml"
+    if config_file.exists() and config_file.read_text() != text:
+        raise FedsparseError(f"{config_file}: the run was started with another config "
+                             f"({first_difference(config_file.read_text(), text)})")
+    saved = checkpoint_path(out_dir)
+    if not saved.exists():
+        return                                  # killed before its first checkpoint: start over
+    state = load_server_state(saved, text)
+    check_not_stopped(state, cfg)
+    if state.ledger["rounds"].any() and not device_state_path(out_dir).is_dir():
+        raise FedsparseError(f"{device_state_path(out_dir)}: missing, the devices' state after "
+                             f"round {state.round} cannot be restored")
+
+
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics with
     the run's ``runtime`` (wall-clock seconds, peak memory).
@@ -79,9 +97,9 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
     metrics_path, saved = out_dir / "metrics.json", checkpoint_path(out_dir)
     if metrics_path.exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
-    if resume and saved.exists():
-        load_server_state(saved, config_toml(cfg))             # corrupt or another config
-    elif not resume and saved.exists():
+    if resume:
+        _check_resumable(cfg, out_dir)
+    elif saved.exists():
         raise FedsparseError(f"{out_dir}: holds an unfinished run; continue it with --resume "
                              f"{out_dir} or choose another --out")
     logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,

@@ -16,6 +16,7 @@ its sampled devices is skipped. :meth:`SparseFedStrategy.server_state` and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DeviceLedger:
-    """Per-device accounting over the run: bytes of the encoded records down and up (and, of
-    the upload, the data of :data:`~fedsparse.fl.records.PAYLOAD_ARRAYS`: the rest is index and
-    headers), messages sent to it, rounds whose update was accepted, the largest
-    ``train-bytes`` it reported, its last evaluation and, after the final one, its user row."""
+    """Per-device accounting over the run: bytes of the encoded records sent down and
+    received up (every reply, late or in a skipped round too), of the updates applied the data
+    of :data:`~fedsparse.fl.records.PAYLOAD_ARRAYS` (the rest is index and headers), messages
+    sent to it, rounds whose update was applied, the largest ``train-bytes`` of those, its last
+    evaluation and, after the final one, its user row."""
 
     up_bytes: np.ndarray
     up_payload_bytes: np.ndarray
@@ -233,7 +235,7 @@ class SparseFedStrategy(Strategy):
         succeeded: nothing is applied), ``up-bytes``, ``loss`` (mean over accepted devices)
         and ``moved`` (entries moved by a mask update).
         """
-        accepted: list[tuple[SparseUpdate, int]] = []
+        accepted: list[tuple[SparseUpdate, int, int]] = []
         losses, failed, rejected, late, up_bytes = [], 0, 0, 0, 0
         deadline = self.cfg.fl.deadline_seconds
         for reply in replies:
@@ -269,11 +271,11 @@ class SparseFedStrategy(Strategy):
             if 0.0 < deadline < float(reply.content["reply"]["sim-seconds"]):
                 late += 1                              # arrived after the round closed
                 continue
-            accepted.append((update, train_bytes))
-            self.ledger.up_payload_bytes[device] += sum(
-                reply.content["update"][key].numpy().nbytes for key in PAYLOAD_ARRAYS)
-            losses.append(float(reply.content["reply"]["loss"]))
-        skipped = len(accepted) < self.cfg.fl.min_success * self._sampled
+            payload = sum(reply.content["update"][key].numpy().nbytes for key in PAYLOAD_ARRAYS)
+            accepted.append((update, train_bytes, payload))
+            losses.append((device, float(reply.content["reply"]["loss"])))
+        required = math.ceil(round(self.cfg.fl.min_success * self._sampled, 9))
+        skipped = len(accepted) < required
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
         moved = 0
         if skipped:
@@ -286,20 +288,23 @@ class SparseFedStrategy(Strategy):
         metrics = MetricRecord({"succeeded": len(accepted), "failed": failed,
                                 "rejected": rejected, "late": late, "skipped": int(skipped),
                                 "up-bytes": up_bytes,
-                                "loss": float(np.mean(losses)) if losses else float("nan"),
+                                "loss": (float(np.mean([loss for _, loss in sorted(losses)]))
+                                         if losses else float("nan")),
                                 "moved": moved})
         return None, metrics
 
-    def _apply(self, accepted: list[tuple[SparseUpdate, int]]) -> None:
-        """Aggregate the round's accepted updates and count the devices' participation."""
+    def _apply(self, accepted: list[tuple[SparseUpdate, int, int]]) -> None:
+        """Aggregate the round's accepted updates (update, train bytes, payload bytes) and count
+        the devices' participation."""
         if self.cfg.sparse.method == "sparserec_no_accumulation":
             self.growth[:] = 0.0                       # growth by the last round's scores only
         if accepted:
             self.item, round_growth = aggregate_sparse_updates(
-                self.item, [update for update, _ in accepted], server_lr=self.cfg.fl.server_lr)
+                self.item, [update for update, _, _ in accepted], server_lr=self.cfg.fl.server_lr)
             self.growth += round_growth
-        for update, train_bytes in accepted:
+        for update, train_bytes, payload in accepted:
             self.ledger.rounds[update.device] += 1
+            self.ledger.up_payload_bytes[update.device] += payload
             self.ledger.max_train_bytes[update.device] = max(
                 self.ledger.max_train_bytes[update.device], train_bytes)
 
@@ -324,8 +329,9 @@ class SparseFedStrategy(Strategy):
                                               in reply.content["metrics"].items()}
             if "user" in reply.content:
                 self.ledger.user_rows[device] = reply.content["user"]["values"].numpy()
-        evaluated = {device: result for device, result in self.ledger.evaluation.items()
-                     if result["n-test"] > 0}
+        evaluated = {device: self.ledger.evaluation[device]
+                     for device in sorted(self.ledger.evaluation)
+                     if self.ledger.evaluation[device]["n-test"] > 0}
         if not evaluated:
             return None
         metrics: dict[str, float] = {}

@@ -11,7 +11,7 @@ on the config and seed: a resumed run writes them byte for byte as an uninterrup
 from __future__ import annotations
 
 import json
-import zipfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fedsparse.config import ExperimentConfig, dump_config
+from fedsparse.config import ExperimentConfig, config_toml
 from fedsparse.data import InteractionData
 from fedsparse.fl.fleet import FleetPlan
 from fedsparse.report.results import peak_memory_mb
@@ -116,23 +116,20 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
     return metrics
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader, or a run
+    killed meanwhile, sees the old file or the new one, never part of one."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def runtime(run: FleetRun) -> dict[str, float]:
     """What differs between two runs of the same config: wall-clock seconds (median per
     round, mask initialisation) and the process's peak memory."""
     seconds = run.history["seconds"] if len(run.history) else pd.Series([0.0])
     return {"seconds_per_round": float(np.median(seconds)), "init_seconds": run.init_seconds,
             "peak_memory_mb": peak_memory_mb()}
-
-
-def write_reproducible_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` without the archive's timestamps, so that equal arrays give
-    equal bytes (``numpy.load`` reads it as usual)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, values in arrays.items():
-            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            member.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(member, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.asanyarray(values), allow_pickle=False)
 
 
 def model_arrays(run: FleetRun) -> dict[str, np.ndarray]:
@@ -166,13 +163,13 @@ def plot_memory_vs_accuracy(clients: pd.DataFrame, k: int, path: Path) -> None:
 def write_fleet_run(out_dir: Path, run: FleetRun) -> dict[str, Any]:
     """Write the results directory; returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(run.cfg, out_dir / "config.toml")
+    write_atomically(out_dir / "config.toml", config_toml(run.cfg))
     clients = clients_table(run)
     metrics = fleet_metrics(run, clients)
     clients.to_csv(out_dir / "clients.csv", index=False)
     run.history.to_csv(out_dir / "history.csv", index=False)
     (out_dir / "runtime.json").write_text(json.dumps(runtime(run), indent=2) + "\n")
-    write_reproducible_npz(out_dir / "model.npz", model_arrays(run))
+    np.savez_compressed(out_dir / "model.npz", **model_arrays(run))  # zip times fixed: 1980
     plot_memory_vs_accuracy(clients, run.cfg.train.topk, out_dir / "memory_vs_accuracy.png")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")   # last: done
+    write_atomically(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # the end
     return metrics

@@ -47,7 +47,7 @@ def test_server_state_round_trips(tmp_path):
 def test_corrupt_or_foreign_checkpoints_are_refused_in_one_line(tmp_path):
     path = tmp_path / "server.npz"
     save_server_state(path, _state(), "seed = 0\nname = \"a\"\n")
-    with pytest.raises(FedsparseError, match="another config .*'seed = 1'"):
+    with pytest.raises(FedsparseError, match="another config .*was 'seed = 0', now 'seed = 1'"):
         load_server_state(path, "seed = 1\nname = \"a\"\n")
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(FedsparseError, match="corrupt or unreadable") as error:
@@ -90,7 +90,16 @@ def test_resume_and_unfinished_runs_are_checked_before_anything_starts(fleet_con
     assert main(["simulate", str(config), "--out", str(out)]) == 2
     assert "holds an unfinished run; continue it with --resume" in capsys.readouterr().err
     assert main(["simulate", "--resume", str(out), "--set", "fl.rounds=7"]) == 2
-    assert "written for another config" in capsys.readouterr().err
+    assert "started with another config (was 'rounds = 2', now 'rounds = 7')" in \
+        capsys.readouterr().err
+    assert main(["simulate", "--resume", str(out)]) == 2              # devices' files are gone
+    assert "devices' state after round 3 cannot be restored" in capsys.readouterr().err
+    stopped = _state()
+    stopped.counters["skipped_in_a_row"] = 3
+    save_server_state(out / "checkpoint" / "server.npz", stopped, config_toml(fleet_config()))
+    assert main(["simulate", "--resume", str(out)]) == 1
+    assert "stopped after round 3 (3 rounds in a row skipped); it does not resume" in \
+        capsys.readouterr().err
     (out / "checkpoint" / "server.npz").write_bytes(b"garbage")
     assert main(["simulate", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
