@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a config key (repeatable), e.g. --set fl.rounds=3")
     simulate.add_argument("--out", help="results directory (default runs/<name>-<timestamp>)")
     simulate.add_argument("--resume", metavar="DIR",
-                          help="continue the stopped or killed run in DIR from its checkpoint")
+                          help="continue the killed or interrupted run in DIR from its checkpoint")
     simulate.set_defaults(handler=_simulate)
 
     deploy = commands.add_parser(

@@ -80,7 +80,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
     """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics with
     the run's ``runtime`` (wall-clock seconds, peak memory).
 
-    With ``resume``, ``out_dir`` holds a run that was stopped or killed: it continues after
+    With ``resume``, ``out_dir`` holds a run that was killed or interrupted: it continues after
     the last round its checkpoint holds (from the start if none was written yet).
 
     Raises
