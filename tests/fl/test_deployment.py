@@ -11,7 +11,8 @@ from fedsparse.cli import main
 from fedsparse.config import dump_config
 from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.fl.deployment import (COMPLETED, CONNECTION, LOG_DIR_NAME, deploy_local,
-                                     is_running, pick_ports, write_run_config)
+                                     pick_ports, write_run_config)
+from fedsparse.fl.processes import is_running
 
 try:
     import tomllib
