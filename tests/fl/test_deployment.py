@@ -24,7 +24,9 @@ except ModuleNotFoundError:  # Python 3.10
 def test_three_supernodes_run_the_fleet_and_every_process_is_stopped(fleet_config, tmp_path,
                                                                       capsys):
     config = tmp_path / "fleet.toml"
-    dump_config(fleet_config("fl.max_devices=3", "fl.nmf_rounds=1"), config)
+    # the densest tier sparse too (4 KB): masks come from one federated NMF round trip
+    dump_config(fleet_config("fl.max_devices=3", "fl.nmf_rounds=1",
+                             "fl.tiers.large.budget_bytes=4000"), config)
     out, flwr_home = tmp_path / "run", tmp_path / "flwr-home"
 
     assert main(["deploy-local", str(config), "--set", "name=deployed", "--out", str(out),
@@ -41,6 +43,8 @@ def test_three_supernodes_run_the_fleet_and_every_process_is_stopped(fleet_confi
     with np.load(out / "model.npz") as model:
         assert model["user_mask"].any(axis=1).sum() == 3 and "item" in model
     assert 'name = "deployed"' in (out / "config.toml").read_text()     # overrides arrived
+    runtime = json.loads((out / "runtime.json").read_text())
+    assert runtime["init_seconds"] > 1.0              # an NMF round trip through the SuperNodes
 
     logs = out / LOG_DIR_NAME
     assert {"superlink.log", "supernode-0.log", "supernode-2.log", "run.log",
