@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError, RunStopped
-from fedsparse.fl.checkpoint import ServerState, load_server_state, save_server_state
+from fedsparse.fl.checkpoint import ServerState, save_server_state
 from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
@@ -176,15 +176,6 @@ def device_state_path(out_dir: Path) -> Path:
     return (out_dir / "checkpoint" / "devices").resolve()
 
 
-def check_not_stopped(state: ServerState, cfg: ExperimentConfig) -> None:
-    """Refuse to continue a run that stopped on skipped rounds (an uninterrupted run ends
-    there too)."""
-    skipped = state.counters["skipped_in_a_row"]
-    if skipped >= cfg.fl.max_skipped_rounds:
-        raise RunStopped(f"the run stopped after round {state.round} ({skipped} rounds in a row "
-                         f"skipped); it does not resume")
-
-
 def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
            node_devices: dict[int, int]) -> tuple[SparseFedStrategy, float]:
     """A fresh strategy: initial masks (federated NMF or random) and seeded item values."""
@@ -198,49 +189,42 @@ def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fleet
 
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-              out_dir: Path, *, resume: bool = False,
+              out_dir: Path, *, resume_from: ServerState | None = None,
               device_state_dir: Path | None = None) -> FleetRun:
     """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
     the results.
 
     In a simulation (``device_state_dir`` given) the server writes its state to
     :func:`checkpoint_path` after every round but the last (the results are the last state),
-    atomically, and the devices keep theirs under ``device_state_dir``; with ``resume`` a run
-    whose checkpoint exists continues after its last checkpointed round. Under ``flwr run``
-    and ``fedsparse deploy-local`` nothing is checkpointed (devices keep their state in their
-    SuperNodes for the run only).
+    atomically, and the devices keep theirs under ``device_state_dir``; ``resume_from`` (a
+    checkpoint the launcher has loaded and checked) continues after its round. Under ``flwr
+    run`` and ``fedsparse deploy-local`` nothing is checkpointed (devices keep their state in
+    their SuperNodes for the run only).
 
     Raises
     ------
-    FedsparseError
-        The checkpoint is corrupt or belongs to another config.
     RunStopped
-        ``fl.max_skipped_rounds`` rounds in a row had too few successful devices (also when
-        resuming a run that stopped so).
+        ``fl.max_skipped_rounds`` rounds in a row had too few successful devices.
     """
     torch.set_num_threads(1)
-    config_text = config_toml(cfg)
-    saved = checkpoint_path(out_dir)
-    state = load_server_state(saved, config_text) if resume and saved.exists() else None
-    if state is not None:
-        check_not_stopped(state, cfg)
+    config_text, saved = config_toml(cfg), checkpoint_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not (out_dir / "config.toml").exists():
-        write_atomically(out_dir / "config.toml", config_text)
-    if state is None and device_state_dir is not None and device_state_dir.exists():
+    write_atomically(out_dir / "config.toml", config_text)     # on resume: the same text
+    if resume_from is None and device_state_dir is not None and device_state_dir.exists():
         shutil.rmtree(device_state_dir)             # an attempt killed before its first checkpoint
     nodes = wait_for_nodes(grid, plan.n_devices)
     node_devices = profile_devices(grid, nodes, cfg, plan)
-    if state is None:
+    if resume_from is None:
         strategy, init_seconds = _start(grid, cfg, data, plan, node_devices)
         history: list[dict] = []
         done = 0
     else:
-        strategy = SparseFedStrategy(cfg, plan, state.item, state.masks[plan.tiers[-1].name],
-                                     node_devices)
-        strategy.restore(state)
-        init_seconds, history, done = state.init_seconds, state.history, state.round
-        logger.info("resuming %s after round %d of %d", out_dir, state.round, cfg.fl.rounds)
+        strategy = SparseFedStrategy(cfg, plan, resume_from.item,
+                                     resume_from.masks[plan.tiers[-1].name], node_devices)
+        strategy.restore(resume_from)
+        init_seconds, history, done = (resume_from.init_seconds, resume_from.history,
+                                       resume_from.round)
+        logger.info("resuming %s after round %d of %d", out_dir, done, cfg.fl.rounds)
     strategy.state_dir = str(device_state_dir or "")
     strategy.summary()
     bar = tqdm(range(done + 1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round",
@@ -286,7 +270,7 @@ def _train_round(strategy: SparseFedStrategy, grid: Grid, server_round: int) -> 
 
 
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-                     out_dir: Path, *, resume: bool = False,
+                     out_dir: Path, *, resume_from: ServerState | None = None,
                      errors: list[FedsparseError] | None = None) -> ServerApp:
     """A ServerApp running ``plan`` into ``out_dir`` (config, data and plan by closure: the
     launcher has already loaded and checked them). A :class:`FedsparseError` of the run is
@@ -296,7 +280,7 @@ def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPl
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_fleet(grid, cfg, data, plan, out_dir, resume=resume,
+            run_fleet(grid, cfg, data, plan, out_dir, resume_from=resume_from,
                       device_state_dir=device_state_path(out_dir))
         except FedsparseError as exc:
             if errors is None:

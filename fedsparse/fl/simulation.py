@@ -19,12 +19,11 @@ from flwr.simulation import run_simulation
 
 from fedsparse.config import ExperimentConfig, config_toml
 from fedsparse.data import load_dataset
-from fedsparse.errors import FedsparseError
+from fedsparse.errors import FedsparseError, RunStopped
 from fedsparse.fl.client_app import app as client_app
 from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.checkpoint import first_difference, load_server_state
-from fedsparse.fl.server_app import (build_server_app, check_not_stopped, checkpoint_path,
-                                     device_state_path)
+from fedsparse.fl.checkpoint import ServerState, first_difference, load_server_state
+from fedsparse.fl.server_app import build_server_app, checkpoint_path, device_state_path
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +58,27 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
         flower_logger.setLevel(flower_level)
 
 
-def _check_resumable(cfg: ExperimentConfig, out_dir: Path) -> None:
-    """One line, before anything starts, for a run in ``out_dir`` that cannot continue as
+def _resumable_state(cfg: ExperimentConfig, out_dir: Path) -> ServerState | None:
+    """The checkpoint the run in ``out_dir`` continues from (None: killed before its first
+    one, it starts over); one line, before anything starts, when it cannot continue as
     ``cfg``: another config, a corrupt checkpoint, missing device state, or a stopped run."""
     text, config_file = config_toml(cfg), out_dir / "config.toml"
-    if config_file.exists() and config_file.read_text() != text:
+    started_with = config_file.read_text() if config_file.exists() else text
+    if started_with != text:
         raise FedsparseError(f"{config_file}: the run was started with another config "
-                             f"({first_difference(config_file.read_text(), text)})")
+                             f"({first_difference(started_with, text)})")
     saved = checkpoint_path(out_dir)
     if not saved.exists():
-        return                                  # killed before its first checkpoint: start over
+        return None
     state = load_server_state(saved, text)
-    check_not_stopped(state, cfg)
+    skipped = state.counters["skipped_in_a_row"]
+    if skipped >= cfg.fl.max_skipped_rounds:
+        raise RunStopped(f"the run stopped after round {state.round} ({skipped} rounds in a row "
+                         f"skipped); it does not resume")
     if state.ledger["rounds"].any() and not device_state_path(out_dir).is_dir():
         raise FedsparseError(f"{device_state_path(out_dir)}: missing, the devices' state after "
                              f"round {state.round} cannot be restored")
+    return state
 
 
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -97,16 +102,15 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
     metrics_path, saved = out_dir / "metrics.json", checkpoint_path(out_dir)
     if metrics_path.exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
-    if resume:
-        _check_resumable(cfg, out_dir)
-    elif saved.exists():
+    state = _resumable_state(cfg, out_dir) if resume else None
+    if not resume and saved.exists():
         raise FedsparseError(f"{out_dir}: holds an unfinished run; continue it with --resume "
                              f"{out_dir} or choose another --out")
     logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,
                 ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
                           for i, tier in enumerate(plan.tiers)), data.name, out_dir)
     errors: list[FedsparseError] = []
-    server_app = build_server_app(cfg, data, plan, out_dir, resume=resume, errors=errors)
+    server_app = build_server_app(cfg, data, plan, out_dir, resume_from=state, errors=errors)
     run_flower_simulation(server_app, client_app, plan.n_devices,
                           num_cpus=cfg.fl.num_cpus or os.cpu_count() or 1,
                           client_cpus=cfg.fl.client_cpus)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fedsparse.config import ExperimentConfig, config_toml
+from fedsparse.config import ExperimentConfig
 from fedsparse.data import InteractionData
 from fedsparse.fl.fleet import FleetPlan
 from fedsparse.report.results import peak_memory_mb
@@ -161,9 +161,9 @@ def plot_memory_vs_accuracy(clients: pd.DataFrame, k: int, path: Path) -> None:
 
 
 def write_fleet_run(out_dir: Path, run: FleetRun) -> dict[str, Any]:
-    """Write the results directory; returns the metrics."""
+    """Write the results directory (all but ``config.toml``, which the run writes when it
+    starts); returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_dir / "config.toml", config_toml(run.cfg))
     clients = clients_table(run)
     metrics = fleet_metrics(run, clients)
     clients.to_csv(out_dir / "clients.csv", index=False)
