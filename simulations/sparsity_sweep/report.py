@@ -87,6 +87,7 @@ def target_checks(table: pd.DataFrame) -> list[str]:
         compared = [d for d in sorted(table["target_density"].unique(), reverse=True)
                     if (ablation, d) in recall and ("sparserec", d) in recall]
         if not compared:
+            lines.append(f"- {ablation}: not run on this grid")
             continue
         worse = [d for d in compared if recall[ablation, d] < recall["sparserec", d]]
         where = ", ".join(f"{d:g}" for d in worse) if worse else "no density"

@@ -2,7 +2,9 @@
 
 Each run is ``fedsparse train CONFIG --set sparse.method=M --set sparse.density=D --set seed=S``
 into ``results/<grid>/<method>_d<density>_s<seed>/``; the dense baseline runs once per seed
-(``dense_d1_s<seed>``). Runs whose ``metrics.json`` exists are skipped, so an interrupted sweep
+(``dense_d1_s<seed>``). On an MF grid ``sparserec_no_sampling`` is not run: MF's gradient
+touches only the batch's rows, so it trains exactly as ``sparserec`` does (a test checks this).
+Runs whose ``metrics.json`` exists are skipped, so an interrupted sweep
 resumes where it stopped. Extra ``--set`` overrides (e.g. a shorter epoch budget) apply to every
 run and are recorded in each run's ``config.toml``.
 
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedsparse.config import SPARSE_METHODS
+from fedsparse.config import SPARSE_METHODS, load_config
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -55,7 +57,11 @@ def main() -> int:
                         help="override for every run (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    runs = planned_runs(args.seeds, args.densities, args.methods)
+    methods = args.methods
+    if load_config(GRIDS[args.grid], []).model.name == "mf" and "sparserec_no_sampling" in methods:
+        logger.info("sparserec_no_sampling not run: on MF it trains exactly as sparserec")
+        methods = [method for method in methods if method != "sparserec_no_sampling"]
+    runs = planned_runs(args.seeds, args.densities, methods)
     results = HERE / "results" / args.grid
     start = time.perf_counter()
     for index, (name, overrides) in enumerate(runs, start=1):

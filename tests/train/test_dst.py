@@ -66,6 +66,19 @@ def test_dynamic_methods_move_the_mask_and_static_does_not(small_data, method):
     assert (moved > 0) == (method != "static")
 
 
+def test_sampled_backward_changes_nothing_for_mf(small_data):
+    """MF's gradient touches only the batch's rows, so sparserec_no_sampling is sparserec there
+    (the sparsity sweep runs it on LightGCN only); on LightGCN the two differ."""
+    _, sampled = train(small_data, "sparse.method=sparserec")
+    _, full = train(small_data, "sparse.method=sparserec_no_sampling")
+    for name in ("user_table", "item_table"):
+        torch.testing.assert_close(getattr(sampled.model, name).to_dense(),
+                                   getattr(full.model, name).to_dense(), rtol=0, atol=0)
+    _, sampled = train(small_data, "sparse.method=sparserec", "model.name=lightgcn")
+    _, full = train(small_data, "sparse.method=sparserec_no_sampling", "model.name=lightgcn")
+    assert not torch.equal(sampled.model.item_table.to_dense(), full.model.item_table.to_dense())
+
+
 @pytest.mark.parametrize("method", ["set", "magnitude"])
 def test_budget_gives_a_model_within_it(small_data, method):
     dense_train_bytes = 3 * 4 * (small_data.n_users + small_data.n_items) * 8
