@@ -79,6 +79,17 @@ def test_sampled_backward_changes_nothing_for_mf(small_data):
     assert not torch.equal(sampled.model.item_table.to_dense(), full.model.item_table.to_dense())
 
 
+def test_evaluating_more_often_does_not_change_the_final_model(small_data):
+    """The sweep may evaluate only after the last epoch: its results equal every-epoch runs'."""
+    _, often = train(small_data, "sparse.method=sparserec", "train.eval_every=1")
+    _, once = train(small_data, "sparse.method=sparserec", "train.eval_every=3")
+    assert often.history["recall@20"].notna().sum() == 3
+    assert once.history["recall@20"].notna().sum() == 1
+    timing = {"seconds_per_epoch"}
+    assert ({k: v for k, v in often.metrics.items() if k not in timing}
+            == {k: v for k, v in once.metrics.items() if k not in timing})
+
+
 @pytest.mark.parametrize("method", ["set", "magnitude"])
 def test_budget_gives_a_model_within_it(small_data, method):
     dense_train_bytes = 3 * 4 * (small_data.n_users + small_data.n_items) * 8
