@@ -1,9 +1,10 @@
 """Checkpoints of a fleet run, and the devices' own state files, for exact resume.
 
-In a simulation, after every round but the last, the server writes ``<out>/checkpoint/server.npz`` atomically (a temporary
-file, then ``os.replace``): the global item table, each tier's mask, the growth accumulator,
-the round, the mask-update and skipped-round counters, the accounting ledger and the history so
-far, and the resolved config it belongs to. Random streams need no saved state: every draw is
+In a simulation, after every round but the last, the server writes
+``<out>/checkpoint/server.npz`` atomically (a temporary file, flushed, then renamed): the
+global item table, each tier's mask, the growth accumulator, the round, the mask-update and
+skipped-round counters, the accounting ledger and the history so far, and the resolved config
+it belongs to. Random streams need no saved state: every draw is
 keyed by (seed, round, device, purpose), so the round number is the generators' state.
 
 Each device persists its own private state (user row and Adam moments) after each round it
@@ -14,8 +15,8 @@ round that was cut short by a kill is redone from the same state.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedsparse.errors import FedsparseError
+from fedsparse.report.results import write_atomically
 from fedsparse.train.device import UserRow
 
 FORMAT = 1
@@ -68,16 +70,11 @@ class ServerState:
     init_seconds: float
 
 
-def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to ``path`` through a temporary file and a rename, so a reader (or a
-    kill) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of an (uncompressed) ``.npz`` archive."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def save_server_state(path: Path, state: ServerState, config_text: str) -> None:
@@ -90,7 +87,7 @@ def save_server_state(path: Path, state: ServerState, config_text: str) -> None:
               "item": state.item, "growth": state.growth,
               **{f"mask_{index}": mask for index, mask in enumerate(state.masks.values())},
               **{f"ledger_{key}": state.ledger[key] for key in LEDGER_ARRAYS}}
-    atomic_savez(path, arrays)
+    write_atomically(path, npz_bytes(arrays))
 
 
 def load_server_state(path: Path, config_text: str) -> ServerState:
@@ -144,9 +141,9 @@ def _round_of(path: Path) -> int:
 def persist_device_state(state_dir: str, device: int, server_round: int, user: UserRow) -> None:
     """Write the device's state after ``server_round``; keep the one before, delete older."""
     folder = _device_dir(state_dir, device)
-    atomic_savez(folder / f"round_{server_round:06d}.npz",
-                 {"values": user.values, "exp_avg": user.exp_avg,
-                  "exp_avg_sq": user.exp_avg_sq, "step": np.array([user.step])})
+    write_atomically(folder / f"round_{server_round:06d}.npz",
+                     npz_bytes({"values": user.values, "exp_avg": user.exp_avg,
+                                "exp_avg_sq": user.exp_avg_sq, "step": np.array([user.step])}))
     earlier = sorted((path for path in folder.glob("round_*.npz")
                       if _round_of(path) < server_round), key=_round_of)
     for path in earlier[:-1]:

@@ -31,7 +31,8 @@ from fedsparse.fl.checkpoint import ServerState, save_server_state
 from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
 from fedsparse.fl.records import arrays_record, config_record, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
-from fedsparse.report.fleet import FleetRun, write_atomically, write_fleet_run
+from fedsparse.report.fleet import FleetRun, write_fleet_run
+from fedsparse.report.results import write_atomically
 from fedsparse.seeding import generator_for, numpy_rng_for
 from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores, nmf_item_step
 from fedsparse.sparse.masks import random_mask, top_fraction_mask
@@ -208,7 +209,6 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     """
     torch.set_num_threads(1)
     config_text, saved = config_toml(cfg), checkpoint_path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(out_dir / "config.toml", config_text)     # on resume: the same text
     if resume_from is None and device_state_dir is not None and device_state_dir.exists():
         shutil.rmtree(device_state_dir)             # an attempt killed before its first checkpoint

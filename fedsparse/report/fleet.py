@@ -11,7 +11,6 @@ on the config and seed: a resumed run writes them byte for byte as an uninterrup
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from matplotlib.figure import Figure
 from fedsparse.config import ExperimentConfig
 from fedsparse.data import InteractionData
 from fedsparse.fl.fleet import FleetPlan
-from fedsparse.report.results import peak_memory_mb
+from fedsparse.report.results import peak_memory_mb, write_atomically
 
 
 @dataclass
@@ -114,14 +113,6 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
             "item_mask_nnz": int(run.masks[index].sum()),
         }
     return metrics
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader, or a run
-    killed meanwhile, sees the old file or the new one, never part of one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def runtime(run: FleetRun) -> dict[str, float]:

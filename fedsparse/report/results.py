@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from datetime import datetime
@@ -21,6 +22,18 @@ from fedsparse.train import TrainResult
 def default_run_dir(name: str) -> Path:
     """``runs/<name>-<YYYYmmdd-HHMMSS>``."""
     return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file, flushed to disk, and a rename: a
+    reader, or a run killed meanwhile, sees the old file or the new one, never part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def peak_memory_mb() -> float:
