@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from fedsparse.train import train_centralized
 
     cfg = load_config(args.config, args.set)
-    data = load_dataset(cfg.data.name, cfg.data.split)
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     out_dir = Path(args.out) if args.out else default_run_dir(cfg.name)
     logger.info("training %s on %s (%d users, %d items); results -> %s", cfg.model.name,
                 data.name, data.n_users, data.n_items, out_dir)
@@ -98,7 +98,7 @@ def _deploy_local(args: argparse.Namespace) -> int:
 
 
 def _data_stats(args: argparse.Namespace) -> int:
-    stats = load_dataset(args.dataset).stats()
+    stats = load_dataset(args.dataset, max_items=args.max_items).stats()
     for key, value in stats.items():
         print(f"{key:>20}: {value:.6f}" if isinstance(value, float) else f"{key:>20}: {value}")
     return 0
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     stats = data_commands.add_parser("stats", help="users, items, interactions, density")
     stats.add_argument("dataset", help="bundled name (lastfm, gowalla) or a directory")
+    stats.add_argument("--max-items", type=int, default=0, metavar="N",
+                       help="only the N items with the most training interactions (data.max_items)")
     stats.set_defaults(handler=_data_stats)
 
     report = commands.add_parser("report", help="results tools")

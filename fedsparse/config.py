@@ -41,6 +41,9 @@ class DataConfig:
     split: str = _option("test", choices=("test", "val"),
                          doc="test: train on train, evaluate on test; val: train on train minus "
                              "val, evaluate on val (for tuning)")
+    max_items: int = _option(0, low=0, doc="keep only this many items, those with the most "
+                                           "training interactions, renumbered in ascending id "
+                                           "(0: all items)")
 
 
 @dataclass(frozen=True, kw_only=True)

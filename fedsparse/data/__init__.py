@@ -1,7 +1,8 @@
 """Interaction data: LightGCN-format loader, bundled datasets, synthetic generator."""
 
-from fedsparse.data.dataset import BUNDLED_SIZES, InteractionData, load_dataset, write_dataset
+from fedsparse.data.dataset import (BUNDLED_SIZES, InteractionData, load_dataset,
+                                    most_interacted_items, write_dataset)
 from fedsparse.data.synthetic import synthetic_dataset
 
-__all__ = ["BUNDLED_SIZES", "InteractionData", "load_dataset", "synthetic_dataset",
-           "write_dataset"]
+__all__ = ["BUNDLED_SIZES", "InteractionData", "load_dataset", "most_interacted_items",
+           "synthetic_dataset", "write_dataset"]

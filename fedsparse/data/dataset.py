@@ -106,19 +106,20 @@ def binary_matrix(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) 
     return matrix
 
 
-def load_dataset(name_or_path: str, split: str = "test") -> InteractionData:
+def load_dataset(name_or_path: str, split: str = "test", max_items: int = 0) -> InteractionData:
     """Load a bundled dataset (``lastfm``, ``gowalla``) or a directory of LightGCN-format files.
 
     A directory holds ``train.txt`` and ``test.txt`` (optionally gzip-compressed as ``.gz``) and,
     for ``split="val"``, ``model_val.txt`` or ``val.txt``. An optional ``dataset.toml`` declares
     ``n_users`` and ``n_items``; without it they are the largest ids seen plus one. With
     ``split="val"`` the model trains on train minus val and is scored on val; the test file is
-    not read.
+    not read. ``max_items > 0`` keeps only that many items (:func:`most_interacted_items`).
 
     Raises
     ------
     DataError
         Missing file, malformed line, or out-of-range id; the message names file and line.
+        ``max_items`` larger than the dataset's items.
     """
     if split not in ("test", "val"):
         raise DataError(f"split must be 'test' or 'val', got {split!r}")
@@ -144,7 +145,28 @@ def load_dataset(name_or_path: str, split: str = "test") -> InteractionData:
     target = binary_matrix(*pairs[split], shape)
     if split == "val":
         train = binary_matrix(*_minus(train, target), shape)
-    return InteractionData(name=name, n_users=n_users, n_items=n_items, train=train, test=target)
+    data = InteractionData(name=name, n_users=n_users, n_items=n_items, train=train, test=target)
+    return most_interacted_items(data, max_items) if max_items else data
+
+
+def most_interacted_items(data: InteractionData, n_items: int) -> InteractionData:
+    """The sub-problem of the ``n_items`` items with the most training interactions (ties:
+    lower id first): train and test keep only those items, renumbered ``0..n_items-1`` in
+    ascending original id; users keep their ids (some may be left without interactions).
+
+    Raises
+    ------
+    DataError
+        ``n_items`` is not between 1 and the dataset's item count.
+    """
+    if not 0 < n_items <= data.n_items:
+        raise DataError(f"max_items: {n_items} is not between 1 and {data.name}'s "
+                        f"{data.n_items} items")
+    counts = np.diff(data.train.tocsc().indptr)                   # (n_items,) per item
+    kept = np.sort(np.argsort(-counts, kind="stable")[:n_items])  # original ids, ascending
+    return InteractionData(name=f"{data.name} ({n_items} most interacted items)",
+                           n_users=data.n_users, n_items=n_items,
+                           train=data.train[:, kept].tocsr(), test=data.test[:, kept].tocsr())
 
 
 def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:

@@ -49,9 +49,14 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=2)
-def _dataset(name: str, split: str) -> InteractionData:
+def _load(name: str, split: str, max_items: int) -> InteractionData:
     """The dataset, loaded once per process (read-only)."""
-    return load_dataset(name, split)
+    return load_dataset(name, split, max_items)
+
+
+def _dataset(config: ConfigRecord) -> InteractionData:
+    """The dataset the message's fleet identity names."""
+    return _load(str(config["dataset"]), str(config["split"]), int(config["max-items"]))
 
 
 def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
@@ -60,15 +65,15 @@ def _items(data: InteractionData, matrix: str, user: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _users(name: str, split: str, max_devices: int, seed: int) -> np.ndarray:
+def _users(name: str, split: str, max_items: int, max_devices: int, seed: int) -> np.ndarray:
     """The fleet's users (device i is user ``[i]``), computed once per process."""
-    return fleet_users(_dataset(name, split), max_devices, seed)
+    return fleet_users(_load(name, split, max_items), max_devices, seed)
 
 
 def _own_user(context: Context, config: ConfigRecord) -> int:
     """The user this device is: its partition id indexes the fleet's users."""
-    users = _users(str(config["dataset"]), str(config["split"]), int(config["max-devices"]),
-                   int(config["seed"]))
+    users = _users(str(config["dataset"]), str(config["split"]), int(config["max-items"]),
+                   int(config["max-devices"]), int(config["seed"]))
     return int(users[int(context.node_config["partition-id"])])
 
 
@@ -105,7 +110,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(error=Error(code=SIMULATED_FAULT_CODE, reason=f"simulated {fault}"),
                        reply_to=msg)
     torch.set_num_threads(int(config["threads"]))     # the client's CPUs; more oversubscribe
-    data = _dataset(str(config["dataset"]), str(config["split"]))
+    data = _dataset(config)
     dim, topk = int(config["dim"]), int(config["growth-topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, dim)
     hp = LocalTraining(local_epochs=int(config["local-epochs"]),
@@ -132,7 +137,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Rank every item with the device's own sparse model."""
     config = msg.content["config"]
     torch.set_num_threads(int(config["threads"]))
-    data = _dataset(str(config["dataset"]), str(config["split"]))
+    data = _dataset(config)
     user_id, k = _own_user(context, config), int(config["topk"])
     item_table = slice_from_record(msg.content["item"], data.n_items, int(config["dim"]))
     user = _user_row(context, config, int(config["round"]))
@@ -157,14 +162,14 @@ def query(msg: Message, context: Context) -> Message:
     question = str(config["question"])
     device = int(context.node_config["partition-id"])
     if question == "profile":
-        data = _dataset(str(config["dataset"]), str(config["split"]))
+        data = _dataset(config)
         user = _own_user(context, config)
         reply = MetricRecord({"device": device, "n-train": len(_items(data, "train", user)),
                               "n-test": len(_items(data, "test", user))})
         return Message(content=RecordDict({"profile": reply}), reply_to=msg)
     if question != "nmf":
         raise ValueError(f"unknown query {question!r}")
-    data = _dataset(str(config["dataset"]), str(config["split"]))
+    data = _dataset(config)
     items = _items(data, "train", _own_user(context, config))
     seed, rank = int(config["seed"]), int(config["rank"])
     if "factors" in msg.content:                          # later iterations: what it needs of H

@@ -85,8 +85,8 @@ def fleet_users(data: InteractionData, max_devices: int = 0, seed: int = 0) -> n
 
 def fleet_identity(cfg: ExperimentConfig) -> dict[str, int | str]:
     """What a device needs to find its user from its partition id (sent in every message)."""
-    return {"dataset": cfg.data.name, "split": cfg.data.split, "seed": cfg.seed,
-            "max-devices": cfg.fl.max_devices}
+    return {"dataset": cfg.data.name, "split": cfg.data.split, "max-items": cfg.data.max_items,
+            "seed": cfg.seed, "max-devices": cfg.fl.max_devices}
 
 
 def shares_to_tiers(n_devices: int, shares: list[float], seed: int) -> np.ndarray:

@@ -300,6 +300,6 @@ def main(grid: Grid, context: Context) -> None:
     overrides = [item for item in str(run_config.get("overrides", "")).split(";") if item]
     cfg = load_config(str(run_config["config"]), overrides)
     out = str(run_config.get("out", "")) or f"runs/{cfg.name}-flwr-run"
-    data = load_dataset(cfg.data.name, cfg.data.split)
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     run_fleet(grid, cfg, data, plan_fleet(cfg, data), Path(out))
 

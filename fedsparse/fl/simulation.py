@@ -97,7 +97,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
         ``resume``, or a checkpoint that is corrupt or of another config. Afterwards: the run
         stopped (too many skipped rounds) or ended without results.
     """
-    data = load_dataset(cfg.data.name, cfg.data.split)
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     plan = plan_fleet(cfg, data)
     metrics_path, saved = out_dir / "metrics.json", checkpoint_path(out_dir)
     if metrics_path.exists():

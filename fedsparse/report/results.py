@@ -93,7 +93,7 @@ def reevaluate_run(run_dir: Path) -> dict[str, float]:
     if not npz_path.exists():
         raise FedsparseError(f"{npz_path}: not found (is {run_dir} a results directory?)")
     cfg = load_config(run_dir / "config.toml")
-    data = load_dataset(cfg.data.name, cfg.data.split)
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     with np.load(npz_path) as model:
         if "user_final" in model:
             user, item = model["user_final"], model["item_final"]

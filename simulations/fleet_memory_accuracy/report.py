@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fedsparse.config import load_config
+from fedsparse.data import load_dataset
+from fedsparse.fl.fleet import fleet_users
+from fedsparse.metrics.ranking import evaluate_embeddings
 from fedsparse.report.tables import replace_block
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +107,20 @@ def targets(runs: dict[str, dict]) -> str:
     return "\n".join(lines) if lines else "(no runs yet)"
 
 
+def popularity_reference(dataset: str, runs: dict[str, dict]) -> str:
+    """Recall@20 and NDCG@20 of a model-free ranking on the same fleet: every device's unseen
+    items by how many of the fleet's devices train on them."""
+    cfg = load_config(HERE / "results" / f"{dataset}_{next(iter(runs))}" / "config.toml")
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
+    users = fleet_users(data, cfg.fl.max_devices, cfg.seed)
+    train, test = data.train[users], data.test[users]
+    counts = np.asarray(train.sum(axis=0), dtype=np.float32).T              # (n_items, 1)
+    metrics = evaluate_embeddings(np.ones((len(users), 1), np.float32), counts, train, test)
+    return (f"Reference without a model: ranking every device's unseen items by how many of "
+            f"the fleet's {len(users)} devices train on them gives Recall@20 "
+            f"{metrics['recall@20']:.4f}, NDCG@20 {metrics['ndcg@20']:.4f}.")
+
+
 def plot(dataset: str, runs: dict[str, dict]) -> None:
     """Per-device model bytes against Recall@20, one panel per method."""
     figure = Figure(figsize=(4.5 * len(runs), 4))
@@ -131,6 +150,7 @@ def main() -> None:
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
         replace_block(readme, f"{dataset}-fleet", fleet_table(dataset, runs, bare))
         replace_block(readme, f"{dataset}-targets", targets(runs))
+        replace_block(readme, f"{dataset}-popularity", popularity_reference(dataset, runs))
         plot(dataset, runs)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedsparse.cli import main
-from fedsparse.data import load_dataset, synthetic_dataset
+from fedsparse.data import load_dataset, most_interacted_items, synthetic_dataset
 from fedsparse.data.lightgcn_format import read_interactions
 from fedsparse.errors import DataError
 
@@ -74,6 +74,26 @@ def test_val_split_trains_on_train_minus_val(tmp_path):
     assert sorted(zip(*data.test.nonzero())) == [(0, 2), (1, 0)]
 
 
+def test_most_interacted_items_keeps_the_busiest_items_renumbered(tmp_path):
+    # training counts per item: 0 -> 1, 1 -> 3, 2 -> 2, 3 -> 2, 4 -> 0
+    directory = write_split(tmp_path / "d", "0 1 2 3\n1 1 2\n2 0 1 3\n", "0 4 0\n1 3\n2 2\n")
+    data = load_dataset(str(directory), max_items=3)
+    assert data.n_items == 3 and data.n_users == 3               # items 1, 2, 3 (tie: lower id)
+    assert sorted(zip(*data.train.nonzero())) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1),
+                                                  (2, 0), (2, 2)]
+    assert sorted(zip(*data.test.nonzero())) == [(1, 2), (2, 1)]  # items 0 and 4 dropped
+    assert "3 most interacted items" in data.name
+    full = load_dataset(str(directory))
+    assert most_interacted_items(full, 5).train.nnz == full.train.nnz
+
+
+@pytest.mark.parametrize("max_items", [0, 6])
+def test_most_interacted_items_refuses_a_count_out_of_range(tmp_path, max_items):
+    data = load_dataset(str(write_split(tmp_path / "d", "0 1 2\n1 4\n", "0 3\n")))
+    with pytest.raises(DataError, match=f"max_items: {max_items} is not between 1 and d's 5 items"):
+        most_interacted_items(data, max_items)
+
+
 def test_bundled_gowalla_statistics():
     stats = load_dataset("gowalla").stats()
     assert (stats["users"], stats["items"]) == (29858, 40981)
@@ -93,6 +113,15 @@ def test_data_stats_command(capsys):
     out = capsys.readouterr().out
     for expected in ("29858", "40981", "810128", "217242"):
         assert expected in out
+
+
+def test_data_stats_command_on_the_most_interacted_items(capsys):
+    assert main(["data", "stats", "gowalla", "--max-items", "5000"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("29858", "5000", "348155", "92909"):
+        assert expected in out
+    assert main(["data", "stats", "lastfm", "--max-items", "5000"]) == 2
+    assert "max_items: 5000 is not between 1 and lastfm's 4489 items" in capsys.readouterr().err
 
 
 def test_data_stats_command_reports_bad_file_in_one_line(tmp_path, capsys):

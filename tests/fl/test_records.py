@@ -185,6 +185,27 @@ def test_aggregation_ignores_reply_order(trained_round):
     assert all(np.array_equal(a, b) for a, b in zip(strategy.masks, reordered.masks))
 
 
+def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_identity,
+                                                                       fleet_config):
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "data.max_items=25")
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
+    plan = plan_fleet(cfg, data)
+    top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
+                      generator_for(0, 0, 0, "mask-init"))
+    nodes = {100 + device: device for device in range(plan.n_devices)}
+    strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top, nodes)
+    replies = []
+    for message in strategy.configure_train(1, None, None, None):
+        device = nodes[message.metadata.dst_node_id]
+        assert message.content["config"]["max-items"] == 25
+        context = Context(run_id=1, node_id=message.metadata.dst_node_id,
+                          node_config={"partition-id": device}, state=RecordDict(), run_config={})
+        replies.append(train(message, context))
+    _, counts = strategy.aggregate_train(1, replies)
+    assert counts["succeeded"] == plan.n_devices and counts["rejected"] == 0
+    assert strategy.item.shape == (25, cfg.model.dim) and strategy.item.any()
+
+
 def test_error_reply_counts_as_failed(trained_round, server_identity):
     _, strategy, messages, replies = trained_round
     failed = Message(error=Error(code=0, reason="device crashed"), reply_to=messages[0])
