@@ -76,6 +76,18 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
 
 
+def curve_table(dataset: str, runs: dict[str, dict]) -> str:
+    """Fleet Recall@20 after each evaluated round, one row per method."""
+    rows = []
+    for method in runs:
+        history = pd.read_csv(HERE / "results" / f"{dataset}_{method}" / "history.csv")
+        evaluated = history.dropna(subset=["recall@20"])
+        rows.append({"method": METHODS[method],
+                     **{f"round {r}": value for r, value in zip(evaluated["round"],
+                                                                evaluated["recall@20"])}})
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
+
+
 def targets(runs: dict[str, dict]) -> str:
     """The issue's targets, checked on the result files."""
     lines = []
@@ -149,6 +161,7 @@ def main() -> None:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
         replace_block(readme, f"{dataset}-fleet", fleet_table(dataset, runs, bare))
+        replace_block(readme, f"{dataset}-curve", curve_table(dataset, runs))
         replace_block(readme, f"{dataset}-targets", targets(runs))
         replace_block(readme, f"{dataset}-popularity", popularity_reference(dataset, runs))
         plot(dataset, runs)
