@@ -119,7 +119,7 @@ def load_dataset(name_or_path: str, split: str = "test", max_items: int = 0) -> 
     ------
     DataError
         Missing file, malformed line, or out-of-range id; the message names file and line.
-        ``max_items`` larger than the dataset's items.
+        ``max_items`` more than the dataset's items.
     """
     if split not in ("test", "val"):
         raise DataError(f"split must be 'test' or 'val', got {split!r}")

@@ -192,7 +192,8 @@ def check_fleet(config_path: Path, overrides: Sequence[str]) -> tuple[int, list[
         (``overrides`` plus :func:`portable_overrides`).
     """
     cfg = load_config(str(config_path), list(overrides))
-    n_devices = plan_fleet(cfg, load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)).n_devices
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
+    n_devices = plan_fleet(cfg, data).n_devices
     return n_devices, [*overrides, *portable_overrides(cfg)]
 
 
