@@ -162,8 +162,8 @@ def most_interacted_items(data: InteractionData, n_items: int) -> InteractionDat
     if not 0 < n_items <= data.n_items:
         raise DataError(f"max_items: {n_items} is not between 1 and {data.name}'s "
                         f"{data.n_items} items")
-    counts = np.diff(data.train.tocsc().indptr)                   # (n_items,) per item
-    kept = np.sort(np.argsort(-counts, kind="stable")[:n_items])  # original ids, ascending
+    counts = np.bincount(data.train.indices, minlength=data.n_items)  # (n_items,) per item
+    kept = np.sort(np.argsort(-counts, kind="stable")[:n_items])     # original ids, ascending
     return InteractionData(name=f"{data.name} ({n_items} most interacted items)",
                            n_users=data.n_users, n_items=n_items,
                            train=data.train[:, kept].tocsr(), test=data.test[:, kept].tocsr())
