@@ -51,11 +51,11 @@ def _simulate(args: argparse.Namespace) -> int:
         out_dir = Path(args.resume)
         if not (out_dir / "config.toml").exists():
             raise FedsparseError(f"--resume: {out_dir} holds no run (no config.toml)")
-        cfg = load_config(args.config or out_dir / "config.toml", args.set)
+        cfg = load_config(args.config or out_dir / "config.toml", args.set, fleet=True)
     elif args.config is None:
         raise FedsparseError("simulate: needs a CONFIG (or --resume DIR)")
     else:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set, fleet=True)
         out_dir = Path(args.out) if args.out else default_run_dir(cfg.name)
     with logging_redirect_tqdm():
         metrics = simulate(cfg, out_dir, resume=bool(args.resume))
@@ -84,7 +84,7 @@ def _deploy_local(args: argparse.Namespace) -> int:
     from fedsparse.fl.deployment import LOG_DIR_NAME, deploy_local
     from fedsparse.report.results import default_run_dir
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set, fleet=True)
     out_dir = (Path(args.out) if args.out else default_run_dir(cfg.name)).resolve()
     flwr_home = Path(args.flwr_home) if args.flwr_home else out_dir / "flwr_home"
     status = deploy_local(Path(args.config), out_dir, args.set, flwr_home=flwr_home,

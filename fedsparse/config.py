@@ -157,6 +157,12 @@ class FleetConfig:
     tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
     num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine)")
     client_cpus: float = _option(1.0, low=0.0, open_low=True, doc="CPUs per client actor")
+    devices_per_node: int = _option(0, low=0,
+                                    doc="devices one SuperNode simulates, trained together (0: "
+                                        "auto, the fleet spread over the client actors in a "
+                                        "simulation and one per SuperNode in a deployment)")
+    ray_address: str = _option("", doc="join this running Ray cluster (host:port of its GCS) "
+                                       "instead of starting one (simulation only)")
     crash_prob: float = _option(0.0, low=0.0, high=1.0, open_high=True,
                                 doc="probability a sampled device crashes during a round")
     offline_prob: float = _option(0.0, low=0.0, high=1.0, open_high=True,
@@ -280,8 +286,17 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+#: ``sparse.method`` of a fleet whose config names none: the project's own method (the
+#: centralized default stays ``dense``).
+DEFAULT_FLEET_METHOD = "sparserec"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                fleet: bool = False) -> ExperimentConfig:
     """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    With ``fleet`` (a federated run), a config that names no ``sparse.method`` gets
+    :data:`DEFAULT_FLEET_METHOD`.
 
     Raises
     ------
@@ -298,7 +313,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     try:
-        return _build(ExperimentConfig, apply_overrides(raw, overrides or []), "")
+        merged = apply_overrides(raw, overrides or [])
+        if fleet and "method" not in merged.get("sparse", {}):
+            merged.setdefault("sparse", {})["method"] = DEFAULT_FLEET_METHOD
+        return _build(ExperimentConfig, merged, "")
     except ConfigError as exc:
         source = f"{path}: " if path is not None else ""
         raise ConfigError(f"{source}{exc}") from None

@@ -24,3 +24,15 @@ def test_flwr_only_in_fl_and_ray_nowhere():
         assert "ray" not in roots, f"{path} imports ray"
         if "flwr" in roots:
             assert path.relative_to(PACKAGE).parts[0] == "fl", f"{path} imports flwr outside fl/"
+
+
+def test_the_federated_core_is_engine_neutral():
+    files = sorted((PACKAGE / "federated").glob("*.py"))
+    assert len(files) > 3
+    for path in files:
+        roots = imported_roots(path)
+        assert not roots & {"flwr", "ray"}, f"{path} imports an engine"
+        modules = [node.module for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.ImportFrom) and node.module]
+        assert not [m for m in modules if m.split(".")[:2] == ["fedsparse", "fl"]], \
+            f"{path} imports fedsparse.fl"

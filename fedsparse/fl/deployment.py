@@ -43,7 +43,7 @@ import tomli_w
 from fedsparse.config import ExperimentConfig, load_config
 from fedsparse.data import BUNDLED_SIZES, load_dataset
 from fedsparse.errors import FedsparseError
-from fedsparse.fl.fleet import plan_fleet
+from fedsparse.federated.fleet import plan_fleet, supernode_count
 from fedsparse.fl.processes import LocalProcesses
 
 logger = logging.getLogger(__name__)
@@ -188,13 +188,14 @@ def check_fleet(config_path: Path, overrides: Sequence[str]) -> tuple[int, list[
     Returns
     -------
     tuple of int and list of str
-        The fleet's device count (one SuperNode each) and the overrides to run it with
-        (``overrides`` plus :func:`portable_overrides`).
+        The SuperNodes the fleet needs (``fl.devices_per_node`` devices each; auto: one) and
+        the overrides to run it with (``overrides`` plus :func:`portable_overrides`).
     """
-    cfg = load_config(str(config_path), list(overrides))
+    cfg = load_config(str(config_path), list(overrides), fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     n_devices = plan_fleet(cfg, data).n_devices
-    return n_devices, [*overrides, *portable_overrides(cfg)]
+    return (supernode_count(n_devices, cfg.fl.devices_per_node or 1),
+            [*overrides, *portable_overrides(cfg)])
 
 
 # --------------------------------------------------------------------------- Flower's CLI
@@ -300,20 +301,21 @@ def wait_for_port(port: int, processes: LocalProcesses, role: str,
         time.sleep(0.2)
 
 
-def start_fleet(processes: LocalProcesses, n_devices: int, ports: list[int]) -> str:
-    """Start the SuperLink on ``ports[0]`` and SuperNode ``i`` (device ``i``, Runtime API on
-    ``ports[i + 1]``); returns the SuperLink's address once it listens."""
+def start_fleet(processes: LocalProcesses, n_nodes: int, ports: list[int]) -> str:
+    """Start the SuperLink on ``ports[0]`` and SuperNode ``i`` (partition ``i``: its cohort of
+    devices, Runtime API on ``ports[i + 1]``); returns the SuperLink's address once it
+    listens."""
     processes.start("superlink", [flower_program("flower-superlink"), "--insecure",
                                   "--disable-runtime-dependency-installation",
                                   "--host", HOST, "--port", str(ports[0])])
     wait_for_port(ports[0], processes, "superlink")
     address = f"{HOST}:{ports[0]}"
-    for device in range(n_devices):
-        processes.start(f"supernode-{device}", [
+    for node in range(n_nodes):
+        processes.start(f"supernode-{node}", [
             flower_program("flower-supernode"), "--insecure", "--superlink", address,
-            "--node-config", f"partition-id={device} num-partitions={n_devices}",
-            "--host", HOST, "--port", str(ports[device + 1])])
-    logger.info("SuperLink on %s, %d SuperNodes", address, n_devices)
+            "--node-config", f"partition-id={node} num-partitions={n_nodes}",
+            "--host", HOST, "--port", str(ports[node + 1])])
+    logger.info("SuperLink on %s, %d SuperNodes", address, n_nodes)
     return address
 
 
@@ -400,20 +402,20 @@ def deploy_local(config_path: Path, out_dir: Path, overrides: Sequence[str] = ()
     app_dir = Path(app_dir).resolve() if app_dir is not None else project_dir()
     if (out_dir / "metrics.json").exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
-    n_devices, run_overrides = check_fleet(config_path, overrides)
+    n_nodes, run_overrides = check_fleet(config_path, overrides)
     log_dir = out_dir / LOG_DIR_NAME
     log_dir.mkdir(parents=True, exist_ok=True)
     flwr_home.mkdir(parents=True, exist_ok=True)
     run_config = write_run_config(log_dir / "run_config.toml", config_path, out_dir,
                                   run_overrides)
-    ports = pick_ports(n_devices + 1, base_port)
+    ports = pick_ports(n_nodes + 1, base_port)
     processes = LocalProcesses(log_dir, flower_env(flwr_home))
     cli_log = log_dir / "flwr-cli.log"
     try:
-        address = start_fleet(processes, n_devices, ports)
+        address = start_fleet(processes, n_nodes, ports)
         write_connection(flwr_home, address)
         run_id = submit_run(app_dir, run_config, processes.env, cli_log)
-        logger.info("run %d submitted (%d devices); logs in %s", run_id, n_devices, log_dir)
+        logger.info("run %d submitted (%d SuperNodes); logs in %s", run_id, n_nodes, log_dir)
         status, details = wait_for_run(run_id, processes, timeout, cli_log)
     finally:
         processes.stop()

@@ -3,7 +3,7 @@ rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every
 write the results directory.
 
 In a simulation the server checkpoints its state after every round and the devices theirs, so
-a killed run continues exactly (:mod:`fedsparse.fl.checkpoint`). Two entry points run the same
+a killed run continues exactly (:mod:`fedsparse.federated.checkpoint`). Two entry points run the same
 :func:`run_fleet`: :func:`build_server_app` (config passed by
 closure, for ``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and
 the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError, RunStopped
-from fedsparse.fl.checkpoint import ServerState, save_server_state
-from fedsparse.fl.fleet import FleetPlan, fleet_identity, plan_fleet
-from fedsparse.fl.records import arrays_record, config_record, record_arrays
+from fedsparse.federated.checkpoint import ServerState, save_server_state
+from fedsparse.federated.fleet import FleetPlan, fleet_identity, plan_fleet, supernode_count
+from fedsparse.federated.methods import fleet_method
+from fedsparse.fl.records import arrays_record, config_record, device_key, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.report.fleet import FleetRun, write_fleet_run
 from fedsparse.report.results import write_atomically
@@ -76,28 +77,31 @@ def _query_all(grid: Grid, nodes: list[int], contents: list[RecordDict]) -> list
     return replies
 
 
-def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig,
-                    plan: FleetPlan) -> dict[int, int]:
-    """Ask every node which device (partition) it is; returns node id -> device id."""
-    question = {"question": "profile", **fleet_identity(cfg)}
+def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig, plan: FleetPlan,
+                    devices_per_node: int) -> dict[int, list[int]]:
+    """Ask every node which devices (its cohort) it simulates; returns node id -> devices."""
+    question = {"question": "profile", **fleet_identity(cfg),
+                "devices-per-node": devices_per_node}
     replies = _query_all(grid, nodes, [RecordDict({"config": config_record(question)})
                                        for _ in nodes])
-    node_devices = {int(reply.metadata.src_node_id): int(reply.content["profile"]["device"])
+    node_devices = {int(reply.metadata.src_node_id): [int(device) for device in
+                                                      reply.content["profile"]["devices"]]
                     for reply in replies}
-    if sorted(node_devices.values()) != list(range(plan.n_devices)):
+    if sorted(d for devices in node_devices.values() for d in devices) != \
+            list(range(plan.n_devices)):
         raise FedsparseError(f"the {len(nodes)} nodes are not devices 0..{plan.n_devices - 1} "
-                             "(check each SuperNode's partition-id)")
+                             "once each (check each SuperNode's partition-id)")
     return node_devices
 
 
-def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfig,
-                  n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
+                  n_items: int, devices_per_node: int) -> tuple[np.ndarray, np.ndarray]:
     """``fl.nmf_rounds`` multiplicative-update iterations with every device.
 
     In each iteration every device updates its own row W_u and returns it with its item ids,
     from which the server sums W_u^T R_u and W_u^T W_u and updates H. The first iteration sends
     no factors (devices make the seeded H0 themselves); later ones send each device only H's
-    columns at its items and H H^T.
+    columns at its items, and each SuperNode H H^T once.
 
     Returns
     -------
@@ -107,32 +111,40 @@ def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfi
     dim = cfg.model.dim
     h = initial_nmf_items(cfg.seed, dim, n_items)
     gram = np.zeros((dim, dim))
-    nodes = sorted(node_devices, key=node_devices.get)
+    nodes = sorted(node_devices, key=lambda node: node_devices[node][0])
     device_items: dict[int, np.ndarray] = {}
     for iteration in tqdm(range(1, cfg.fl.nmf_rounds + 1), desc="federated NMF", unit="iter",
                           leave=False):
         gram_h = h @ h.T                                                    # (d, d)
         contents = []
         for node in nodes:
-            device = node_devices[node]
+            devices = node_devices[node]
             content = RecordDict({"config": config_record({
-                "question": "nmf", **fleet_identity(cfg), "rank": dim})})
-            if device in device_items:
-                content["factors"] = arrays_record({"h_items": h[:, device_items[device]],
-                                                    "gram_h": gram_h})
+                "question": "nmf", **fleet_identity(cfg), "rank": dim,
+                "devices-per-node": devices_per_node, "devices": devices,
+                "device-tiers": [0] * len(devices)})})
+            if device_items:
+                content["gram_h"] = arrays_record({"gram_h": gram_h})
+                for device in devices:
+                    content[device_key("h_items", device)] = arrays_record(
+                        {"h_items": h[:, device_items[device]]})
             contents.append(content)
-        replies = sorted(_query_all(grid, nodes, contents),
-                         key=lambda reply: node_devices[int(reply.metadata.src_node_id)])
+        replies = _query_all(grid, nodes, contents)
+        steps = {}
+        for reply in replies:
+            for device in node_devices[int(reply.metadata.src_node_id)]:
+                record = reply.content.get(device_key("nmf", device))
+                if record is None:
+                    raise FedsparseError(f"federated NMF: no reply from device {device}")
+                steps[device] = record_arrays(record)
         numerator = np.zeros_like(h)
         gram = np.zeros((dim, dim))
-        for reply in replies:
-            arrays = record_arrays(reply.content["nmf"])
-            w_user, items = arrays["w"], arrays["items"].astype(np.int64)
+        for device in sorted(steps):
+            w_user, items = steps[device]["w"], steps[device]["items"].astype(np.int64)
             if w_user.shape != (dim,) or items.size == 0 or items.min() < 0 \
                     or items.max() >= n_items:
-                raise FedsparseError(f"federated NMF: malformed reply from node "
-                                     f"{reply.metadata.src_node_id}")
-            device_items[node_devices[int(reply.metadata.src_node_id)]] = items
+                raise FedsparseError(f"federated NMF: malformed reply from device {device}")
+            device_items[device] = items
             numerator[:, items] += w_user[:, None]                          # W_u^T R_u
             gram += np.outer(w_user, w_user)                                # W_u^T W_u
         h = nmf_item_step(h, numerator, gram)
@@ -140,15 +152,17 @@ def federated_nmf(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfi
     return h, gram
 
 
-def initial_top_mask(grid: Grid, node_devices: dict[int, int], cfg: ExperimentConfig,
-                     plan: FleetPlan, n_items: int) -> np.ndarray:
-    """The densest tier's first mask: federated NMF scores, uniform random, or all (dense)."""
+def initial_top_mask(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
+                     plan: FleetPlan, n_items: int, devices_per_node: int) -> np.ndarray:
+    """The densest tier's first mask: all entries (dense), uniform random, or by federated
+    NMF scores (``sparse.method``'s ``initial_mask``)."""
     dim, density = cfg.model.dim, max(tier.density for tier in plan.tiers)
-    if density >= 1.0:
+    initial = fleet_method(cfg.sparse.method).initial_mask
+    if initial == "full" or density >= 1.0:
         return np.ones((n_items, dim), dtype=bool)
-    if cfg.sparse.method in ("static", "sparserec_no_nmf"):
+    if initial == "random":
         return random_mask(n_items, dim, density, generator_for(cfg.seed, 0, 0, "mask-init"))
-    h, gram = federated_nmf(grid, node_devices, cfg, n_items)
+    h, gram = federated_nmf(grid, node_devices, cfg, n_items, devices_per_node)
     ties = numpy_rng_for(cfg.seed, 0, 0, "nmf-mask-ties").random((n_items, dim))
     return top_fraction_mask(nmf_item_scores(h, gram), density, tie_break=ties)
 
@@ -178,19 +192,21 @@ def device_state_path(out_dir: Path) -> Path:
 
 
 def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-           node_devices: dict[int, int]) -> tuple[SparseFedStrategy, float]:
+           node_devices: dict[int, list[int]],
+           devices_per_node: int) -> tuple[SparseFedStrategy, float]:
     """A fresh strategy: initial masks (federated NMF or random) and seeded item values."""
     start = time.perf_counter()
-    top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items)
+    top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items, devices_per_node)
     init_seconds = time.perf_counter() - start
     values = (torch.randn(data.n_items, cfg.model.dim, generator=generator_for(cfg.seed, 0, 0,
                                                                                 "item-init"))
               * cfg.model.init_std).numpy()
-    return SparseFedStrategy(cfg, plan, values, top_mask, node_devices), init_seconds
+    return (SparseFedStrategy(cfg, plan, values, top_mask, node_devices, devices_per_node),
+            init_seconds)
 
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-              out_dir: Path, *, resume_from: ServerState | None = None,
+              out_dir: Path, *, devices_per_node: int, resume_from: ServerState | None = None,
               device_state_dir: Path | None = None) -> FleetRun:
     """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
     the results.
@@ -200,7 +216,8 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     atomically, and the devices keep theirs under ``device_state_dir``; ``resume_from`` (a
     checkpoint the launcher has loaded and checked) continues after its round. Under ``flwr
     run`` and ``fedsparse deploy-local`` nothing is checkpointed (devices keep their state in
-    their SuperNodes for the run only).
+    their SuperNodes for the run only). Each SuperNode simulates ``devices_per_node`` devices
+    (the last one may have fewer).
 
     Raises
     ------
@@ -212,15 +229,16 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     write_atomically(out_dir / "config.toml", config_text)     # on resume: the same text
     if resume_from is None and device_state_dir is not None and device_state_dir.exists():
         shutil.rmtree(device_state_dir)             # an attempt killed before its first checkpoint
-    nodes = wait_for_nodes(grid, plan.n_devices)
-    node_devices = profile_devices(grid, nodes, cfg, plan)
+    nodes = wait_for_nodes(grid, supernode_count(plan.n_devices, devices_per_node))
+    node_devices = profile_devices(grid, nodes, cfg, plan, devices_per_node)
     if resume_from is None:
-        strategy, init_seconds = _start(grid, cfg, data, plan, node_devices)
+        strategy, init_seconds = _start(grid, cfg, data, plan, node_devices, devices_per_node)
         history: list[dict] = []
         done = 0
     else:
         strategy = SparseFedStrategy(cfg, plan, resume_from.item,
-                                     resume_from.masks[plan.tiers[-1].name], node_devices)
+                                     resume_from.masks[plan.tiers[-1].name], node_devices,
+                                     devices_per_node)
         strategy.restore(resume_from)
         init_seconds, history, done = (resume_from.init_seconds, resume_from.history,
                                        resume_from.round)
@@ -270,7 +288,8 @@ def _train_round(strategy: SparseFedStrategy, grid: Grid, server_round: int) -> 
 
 
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
-                     out_dir: Path, *, resume_from: ServerState | None = None,
+                     out_dir: Path, *, devices_per_node: int,
+                     resume_from: ServerState | None = None,
                      errors: list[FedsparseError] | None = None) -> ServerApp:
     """A ServerApp running ``plan`` into ``out_dir`` (config, data and plan by closure: the
     launcher has already loaded and checked them). A :class:`FedsparseError` of the run is
@@ -280,8 +299,8 @@ def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPl
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_fleet(grid, cfg, data, plan, out_dir, resume_from=resume_from,
-                      device_state_dir=device_state_path(out_dir))
+            run_fleet(grid, cfg, data, plan, out_dir, devices_per_node=devices_per_node,
+                      resume_from=resume_from, device_state_dir=device_state_path(out_dir))
         except FedsparseError as exc:
             if errors is None:
                 raise
@@ -298,8 +317,9 @@ def main(grid: Grid, context: Context) -> None:
     """``flwr run`` entry: config path, overrides and results directory from the run config."""
     run_config = context.run_config
     overrides = [item for item in str(run_config.get("overrides", "")).split(";") if item]
-    cfg = load_config(str(run_config["config"]), overrides)
+    cfg = load_config(str(run_config["config"]), overrides, fleet=True)
     out = str(run_config.get("out", "")) or f"runs/{cfg.name}-flwr-run"
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
-    run_fleet(grid, cfg, data, plan_fleet(cfg, data), Path(out))
+    run_fleet(grid, cfg, data, plan_fleet(cfg, data), Path(out),
+              devices_per_node=cfg.fl.devices_per_node or 1)   # auto: one device per SuperNode
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from flwr.simulation import run_simulation
 
 from fedsparse.config import ExperimentConfig, config_toml
 from fedsparse.data import load_dataset
-from fedsparse.errors import FedsparseError, RunStopped
+from fedsparse.errors import ConfigError, FedsparseError, RunStopped
 from fedsparse.fl.client_app import app as client_app
-from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.checkpoint import ServerState, first_difference, load_server_state
+from fedsparse.federated.fleet import plan_fleet, resolve_devices_per_node, supernode_count
+from fedsparse.federated.checkpoint import ServerState, first_difference, load_server_state
 from fedsparse.fl.server_app import build_server_app, checkpoint_path, device_state_path
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,14 @@ class _DropDeprecationNotice(logging.Filter):
 
 
 def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes: int, *,
-                          num_cpus: int, client_cpus: float) -> None:
+                          num_cpus: int, client_cpus: float, ray_address: str = "") -> None:
     """Flower's simulation engine on the Ray backend, ``client_cpus`` CPUs per client actor
-    and ``num_cpus`` for Ray in all (``init_args`` also takes ``address`` to join a cluster)."""
+    and ``num_cpus`` for a Ray instance of its own, or the running Ray cluster at
+    ``ray_address`` (whose nodes bring their own CPUs)."""
+    init_args: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
+    init_args.update({"address": ray_address} if ray_address else {"num_cpus": num_cpus})
     backend_config = {"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
-                      "init_args": {"num_cpus": num_cpus, "log_to_driver": False,
-                                    "logging_level": "ERROR"}}
+                      "init_args": init_args}
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # quiets a Ray warning
     flower_logger = logging.getLogger("flwr")
     notice_filter = _DropDeprecationNotice()
@@ -56,6 +59,29 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
     finally:
         flower_logger.removeFilter(notice_filter)
         flower_logger.setLevel(flower_level)
+
+
+#: Seconds to wait for a Ray cluster's address to accept a connection.
+RAY_CONNECT_SECONDS = 10.0
+
+
+def check_ray_address(address: str) -> None:
+    """That ``address`` (``fl.ray_address``, host:port of a Ray cluster's GCS) accepts a TCP
+    connection, before Flower or Ray start.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key and the address: malformed, or nothing listens there.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"fl.ray_address: {address!r} is not host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise ConfigError(f"fl.ray_address: no Ray cluster reachable at {address} "
+                          f"({exc.strerror or exc})") from None
 
 
 def _resumable_state(cfg: ExperimentConfig, out_dir: Path) -> ServerState | None:
@@ -106,14 +132,22 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
     if not resume and saved.exists():
         raise FedsparseError(f"{out_dir}: holds an unfinished run; continue it with --resume "
                              f"{out_dir} or choose another --out")
-    logger.info("simulating %d devices (%s) on %s; results -> %s", plan.n_devices,
-                ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
-                          for i, tier in enumerate(plan.tiers)), data.name, out_dir)
+    num_cpus = cfg.fl.num_cpus or os.cpu_count() or 1
+    if cfg.fl.ray_address:
+        check_ray_address(cfg.fl.ray_address)
+    devices_per_node = (state.counters["devices_per_node"] if state is not None else
+                        resolve_devices_per_node(cfg.fl.devices_per_node, plan.n_devices,
+                                                 int(num_cpus // cfg.fl.client_cpus)))
+    n_nodes = supernode_count(plan.n_devices, devices_per_node)
+    logger.info("simulating %d devices (%s) on %s, %d per SuperNode (%d SuperNodes); results "
+                "-> %s", plan.n_devices, ", ".join(f"{tier.name}: {(plan.device_tier == i).sum()}"
+                                                   for i, tier in enumerate(plan.tiers)),
+                data.name, devices_per_node, n_nodes, out_dir)
     errors: list[FedsparseError] = []
-    server_app = build_server_app(cfg, data, plan, out_dir, resume_from=state, errors=errors)
-    run_flower_simulation(server_app, client_app, plan.n_devices,
-                          num_cpus=cfg.fl.num_cpus or os.cpu_count() or 1,
-                          client_cpus=cfg.fl.client_cpus)
+    server_app = build_server_app(cfg, data, plan, out_dir, devices_per_node=devices_per_node,
+                                  resume_from=state, errors=errors)
+    run_flower_simulation(server_app, client_app, n_nodes, num_cpus=num_cpus,
+                          client_cpus=cfg.fl.client_cpus, ray_address=cfg.fl.ray_address)
     if errors:
         raise errors[0]
     if not metrics_path.exists():

@@ -28,11 +28,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsparse.config import ExperimentConfig
-from fedsparse.fl.checkpoint import LEDGER_ARRAYS, ServerState
-from fedsparse.fl.faults import SIMULATED_FAULT_CODE
-from fedsparse.fl.fleet import FleetPlan, fleet_identity
-from fedsparse.fl.records import (PAYLOAD_ARRAYS, Expected, RejectedUpdate, config_record,
-                                  decode_train_reply, message_bytes, slice_record)
+from fedsparse.federated.checkpoint import LEDGER_ARRAYS, ServerState
+from fedsparse.federated.fleet import FleetPlan, fleet_identity
+from fedsparse.federated.methods import fleet_method
+from fedsparse.federated.protocol import PAYLOAD_ARRAYS, Expected, RejectedUpdate, decode_update
+from fedsparse.fl.records import (config_record, device_key, message_bytes, record_arrays,
+                                  slice_record)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
@@ -80,25 +81,31 @@ class SparseFedStrategy(Strategy):
     top_mask:
         (n_items, d) bool initial mask of the densest tier.
     node_devices:
-        Flower node id -> device id, for every device.
+        Flower node id -> the devices its SuperNode simulates (a cohort), covering the fleet.
+    devices_per_node:
+        The cohort size the SuperNodes were started with (sent in every message).
     """
 
     def __init__(self, cfg: ExperimentConfig, plan: FleetPlan, item_values: np.ndarray,
-                 top_mask: np.ndarray, node_devices: dict[int, int]) -> None:
+                 top_mask: np.ndarray, node_devices: dict[int, list[int]],
+                 devices_per_node: int = 1) -> None:
         self.cfg, self.plan = cfg, plan
+        self.method = fleet_method(cfg.sparse.method)
+        self.devices_per_node = devices_per_node
         self.n_items, self.dim = item_values.shape
         self.item = np.where(top_mask, item_values, 0.0).astype(np.float32)
         self.growth = np.zeros(item_values.shape)
         self.top_tier = int(np.argmax([tier.density for tier in plan.tiers]))
         self.masks = self._tier_masks(top_mask)
-        self.device_nodes = {device: node for node, device in node_devices.items()}
+        self.device_nodes = {device: node for node, devices in node_devices.items()
+                             for device in devices}
         if sorted(self.device_nodes) != list(range(plan.n_devices)):
-            raise ValueError(f"node_devices must cover devices 0..{plan.n_devices - 1}")
+            raise ValueError(f"node_devices must cover devices 0..{plan.n_devices - 1} once")
         self.ledger = DeviceLedger.empty(plan.n_devices)
         self.mask_updates = 0
         self.skipped_in_a_row = 0
         self.state_dir = ""                            # devices persist their state here
-        self._sent: dict[int, int] = {}                # node -> device of the last send
+        self._sent: dict[int, list[int]] = {}          # node -> devices of the last send
         self._sampled = 0                              # devices sent TRAIN this round
 
     # ------------------------------------------------------------------ masks
@@ -113,8 +120,7 @@ class SparseFedStrategy(Strategy):
 
     def is_mask_round(self, server_round: int) -> bool:
         """Whether the masks move after ``server_round``'s aggregation."""
-        grows = self.cfg.sparse.method not in ("dense", "static")
-        return grows and is_update_step(server_round, self.cfg.fl.mask_interval, self._end_round())
+        return self.method.grows and is_update_step(server_round, self.cfg.fl.mask_interval, self._end_round())
 
     def _end_round(self) -> int:
         """Last round after which masks may move (``sparse.end_fraction`` of the rounds)."""
@@ -147,7 +153,8 @@ class SparseFedStrategy(Strategy):
             round=server_round, item=self.item, growth=self.growth,
             masks={tier.name: mask for tier, mask in zip(self.plan.tiers, self.masks)},
             counters={"mask_updates": self.mask_updates,
-                      "skipped_in_a_row": self.skipped_in_a_row},
+                      "skipped_in_a_row": self.skipped_in_a_row,
+                      "devices_per_node": self.devices_per_node},
             ledger={key: getattr(self.ledger, key) for key in LEDGER_ARRAYS},
             evaluation=self.ledger.evaluation, history=history, init_seconds=init_seconds)
 
@@ -171,47 +178,62 @@ class SparseFedStrategy(Strategy):
         rng = numpy_rng_for(self.cfg.seed, server_round, 0, "sample-devices")
         return sorted(int(d) for d in rng.choice(n_devices, size=wanted, replace=False))
 
-    def _device_config(self, server_round: int, device: int) -> dict[str, int | float | str]:
-        fl, tier = self.cfg.fl, int(self.plan.device_tier[device])
-        return {"round": server_round, "device": device, "tier-index": tier,
-                "budget-bytes": self._enforced_budget(tier),
+    def _config(self, server_round: int, pairs: list[tuple[int, int]]) -> dict[str, Any]:
+        """The ``"config"`` record of a message to the devices of ``pairs`` (device, tier)."""
+        fl, tiers = self.cfg.fl, range(len(self.plan.tiers))
+        return {"round": server_round, "devices": [device for device, _ in pairs],
+                "device-tiers": [tier for _, tier in pairs],
+                "devices-per-node": self.devices_per_node,
+                "tier-budget-bytes": [self._enforced_budget(tier) for tier in tiers],
+                "tier-growth-topk": [self.growth_topk(tier) for tier in tiers],
+                "tier-steps-per-second": [tier.steps_per_second for tier in self.plan.tiers],
                 **fleet_identity(self.cfg), "dim": self.dim,
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
-                "negatives": fl.negatives, "growth-topk": self.growth_topk(tier),
-                "topk": self.cfg.train.topk, "threads": max(1, int(fl.client_cpus)),
+                "negatives": fl.negatives, "topk": self.cfg.train.topk,
+                "threads": max(1, int(fl.client_cpus)),
                 "crash-prob": fl.crash_prob, "offline-prob": fl.offline_prob,
-                "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter,
-                "steps-per-second": self.plan.tiers[tier].steps_per_second}
+                "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter}
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's
         ``growth_topk``, else ``fl.growth_topk``; 0 for methods whose masks never grow (dense,
         static)."""
-        growing = self.cfg.sparse.method not in ("dense", "static")
-        return self.plan.tiers[tier].growth_topk if growing else 0
+        return self.plan.tiers[tier].growth_topk if self.method.grows else 0
 
     def _enforced_budget(self, tier: int) -> int:
         """The tier's budget in bytes, or 0 (none) for dense FedAvg, whose devices all hold
         the full table whatever their tier."""
-        return 0 if self.cfg.sparse.method == "dense" else self.plan.tiers[tier].budget_bytes
+        return self.plan.tiers[tier].budget_bytes if self.method.enforces_budget else 0
 
     def _messages(self, server_round: int, devices: list[int], message_type: str,
-                  extra: ConfigRecord | None = None) -> list[Message]:
+                  extra: dict[str, Any] | None = None) -> list[Message]:
+        """One message per SuperNode with any of ``devices``: the tier slices its devices need
+        (once per tier) and the config naming them. Each device's ledger counts its own
+        records: its tier's slice and the config of a message to it alone."""
         slices: dict[int, ArrayRecord] = {}
-        messages = []
+        own_config_bytes: dict[int, int] = {}
+        by_node: dict[int, list[tuple[int, int]]] = {}
         for device in devices:
             tier = int(self.plan.device_tier[device])
             if tier not in slices:
                 slices[tier] = slice_record(self.tier_table(tier))
-            config = {**self._device_config(server_round, device), **(extra or {})}
-            content = RecordDict({"item": slices[tier], "config": config_record(config)})
-            self.ledger.down_bytes[device] += message_bytes(content)
-            if self.state_dir:         # the simulation's own instruction: not protocol bytes
-                content["config"]["state-dir"] = self.state_dir
+                own = config_record({**self._config(server_round, [(device, tier)]),
+                                     **(extra or {})})
+                own_config_bytes[tier] = slices[tier].count_bytes() + own.count_bytes()
+            self.ledger.down_bytes[device] += own_config_bytes[tier]
             self.ledger.messages[device] += 1
-            node = self.device_nodes[device]
-            self._sent[node] = device
+            by_node.setdefault(self.device_nodes[device], []).append((device, tier))
+        self._sent = {}
+        messages = []
+        for node, pairs in sorted(by_node.items()):
+            config = {**self._config(server_round, pairs), **(extra or {})}
+            if self.state_dir:         # the simulation's own instruction: not protocol bytes
+                config["state-dir"] = self.state_dir
+            content = RecordDict({"config": config_record(config)})
+            for tier in sorted({tier for _, tier in pairs}):
+                content[device_key("item", tier)] = slices[tier]
+            self._sent[node] = [device for device, _ in pairs]
             messages.append(Message(content=content, dst_node_id=node, message_type=message_type))
         return messages
 
@@ -240,40 +262,32 @@ class SparseFedStrategy(Strategy):
         deadline = self.cfg.fl.deadline_seconds
         for reply in replies:
             node = reply.metadata.src_node_id
-            device = self._sent.get(node, -1)
-            if reply.has_content():
-                size = message_bytes(reply.content)
-                up_bytes += size
-                if device >= 0:
-                    self.ledger.up_bytes[device] += size
-            if reply.has_error():
-                failed += 1
-                simulated = reply.error.code == SIMULATED_FAULT_CODE
-                logger.log(logging.DEBUG if simulated else logging.WARNING,
-                           "round %d: device %d failed: %s", server_round, device,
-                           reply.error.reason)
-                continue
-            try:
-                if device < 0:
-                    raise RejectedUpdate(f"reply from unknown node {node}")
-                tier = int(self.plan.device_tier[device])
-                update = decode_train_reply(reply, Expected(
-                    device=device, server_round=server_round, tier_index=tier,
-                    tier_mask=self.masks[tier], topk=self.growth_topk(tier)))
-                train_bytes = int(reply.content["reply"]["train-bytes"])
-                if 0 < self._enforced_budget(tier) < train_bytes:
-                    raise RejectedUpdate(f"train-bytes {train_bytes} over the tier budget")
-            except RejectedUpdate as exc:
+            if node not in self._sent:
                 rejected += 1
-                logger.warning("round %d: rejected the update of device %d: %s", server_round,
-                               device, exc)
+                logger.warning("round %d: rejected a reply from unknown node %d", server_round,
+                               node)
                 continue
-            if 0.0 < deadline < float(reply.content["reply"]["sim-seconds"]):
-                late += 1                              # arrived after the round closed
+            if reply.has_error():                      # the whole SuperNode failed
+                failed += len(self._sent[node])
+                logger.warning("round %d: devices %s failed: %s", server_round, self._sent[node],
+                               reply.error.reason)
                 continue
-            payload = sum(reply.content["update"][key].numpy().nbytes for key in PAYLOAD_ARRAYS)
-            accepted.append((update, train_bytes, payload))
-            losses.append((device, float(reply.content["reply"]["loss"])))
+            for device in self._sent[node]:
+                outcome = self._device_outcome(server_round, device, reply.content)
+                if outcome is None:
+                    continue
+                kind, size, detail = outcome
+                up_bytes += size
+                self.ledger.up_bytes[device] += size
+                if kind == "failed":
+                    failed += 1
+                elif kind == "rejected":
+                    rejected += 1
+                elif 0.0 < deadline < float(detail[3]):
+                    late += 1                          # arrived after the round closed
+                else:
+                    accepted.append(detail[:3])
+                    losses.append((device, detail[4]))
         required = math.ceil(round(self.cfg.fl.min_success * self._sampled, 9))
         skipped = len(accepted) < required
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
@@ -293,10 +307,43 @@ class SparseFedStrategy(Strategy):
                                 "moved": moved})
         return None, metrics
 
+    def _device_outcome(self, server_round: int, device: int,
+                        content: RecordDict) -> tuple[str, int, tuple] | None:
+        """One device's part of a SuperNode's training reply: ``("failed" | "rejected" |
+        "replied", its bytes up, (update, train bytes, payload bytes, sim seconds, loss))``,
+        or None when the reply holds nothing of it."""
+        error = content.get(device_key("error", device))
+        if error is not None:
+            logger.log(logging.DEBUG if error["simulated"] else logging.WARNING,
+                       "round %d: device %d failed: %s", server_round, device, error["reason"])
+            return "failed", 0, ()
+        update, metrics = (content.get(device_key(kind, device)) for kind in ("update", "reply"))
+        if update is None and metrics is None:
+            return None
+        size = sum(record.count_bytes() for record in (update, metrics) if record is not None)
+        try:
+            if not isinstance(update, ArrayRecord) or not isinstance(metrics, MetricRecord):
+                raise RejectedUpdate("update or metrics missing, or of the wrong kind")
+            tier = int(self.plan.device_tier[device])
+            arrays = record_arrays(update)
+            decoded = decode_update(arrays, dict(metrics), Expected(
+                device=device, server_round=server_round, tier_index=tier,
+                tier_mask=self.masks[tier], topk=self.growth_topk(tier)))
+            train_bytes = int(metrics["train-bytes"])
+            if 0 < self._enforced_budget(tier) < train_bytes:
+                raise RejectedUpdate(f"train-bytes {train_bytes} over the tier budget")
+        except RejectedUpdate as exc:
+            logger.warning("round %d: rejected the update of device %d: %s", server_round,
+                           device, exc)
+            return "rejected", size, ()
+        payload = sum(arrays[key].nbytes for key in PAYLOAD_ARRAYS)
+        return "replied", size, (decoded, train_bytes, payload, float(metrics["sim-seconds"]),
+                                 float(metrics["loss"]))
+
     def _apply(self, accepted: list[tuple[SparseUpdate, int, int]]) -> None:
         """Aggregate the round's accepted updates (update, train bytes, payload bytes) and count
         the devices' participation."""
-        if self.cfg.sparse.method == "sparserec_no_accumulation":
+        if not self.method.accumulates:
             self.growth[:] = 0.0                       # growth by the last round's scores only
         if accepted:
             self.item, round_growth = aggregate_sparse_updates(
@@ -313,22 +360,29 @@ class SparseFedStrategy(Strategy):
         """One EVALUATE message to every device with its tier's slice; ``config`` entries
         (e.g. ``export-user``: reply with the user row, for the results file) go along."""
         return self._messages(server_round, list(range(self.plan.n_devices)),
-                              MessageType.EVALUATE, config)
+                              MessageType.EVALUATE, dict(config) if config else None)
 
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
         """Fleet mean Recall@K / NDCG@K over devices with test items, and per tier."""
         k = self.cfg.train.topk
         for reply in replies:
-            device = self._sent.get(reply.metadata.src_node_id, -1)
-            if reply.has_error() or device < 0:
-                logger.warning("round %d: no evaluation from device %d: %s", server_round, device,
-                               reply.error.reason if reply.has_error() else "unknown node")
+            devices = self._sent.get(reply.metadata.src_node_id, [])
+            if reply.has_error() or not devices:
+                logger.warning("round %d: no evaluation from devices %s: %s", server_round,
+                               devices, reply.error.reason if reply.has_error() else
+                               "unknown node")
                 continue
-            self.ledger.evaluation[device] = {key: float(value) for key, value
-                                              in reply.content["metrics"].items()}
-            if "user" in reply.content:
-                self.ledger.user_rows[device] = reply.content["user"]["values"].numpy()
+            for device in devices:
+                metrics = reply.content.get(device_key("metrics", device))
+                if metrics is None:
+                    logger.warning("round %d: no evaluation from device %d", server_round, device)
+                    continue
+                self.ledger.evaluation[device] = {key: float(value)
+                                                  for key, value in metrics.items()}
+                user = reply.content.get(device_key("user", device))
+                if user is not None:
+                    self.ledger.user_rows[device] = user["values"].numpy()
         evaluated = {device: self.ledger.evaluation[device]
                      for device in sorted(self.ledger.evaluation)
                      if self.ledger.evaluation[device]["n-test"] > 0}

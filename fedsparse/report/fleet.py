@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from fedsparse.config import ExperimentConfig
 from fedsparse.data import InteractionData
-from fedsparse.fl.fleet import FleetPlan
+from fedsparse.federated.fleet import FleetPlan
 from fedsparse.report.results import peak_memory_mb, write_atomically
 
 

@@ -116,6 +116,18 @@ def user_row_bytes(dim: int) -> int:
     return table.memory_bytes(optimizer)
 
 
+def slice_train_bytes(item_table: SparseEmbeddingTable) -> int:
+    """Measured bytes of a tier slice while a device trains it: values, index and Adam state
+    (after a step, on a copy of the slice)."""
+    arrays = item_table.storage_arrays()
+    table = SparseEmbeddingTable.from_storage(item_table.n_rows, item_table.dim, arrays["values"],
+                                              arrays["row_counts"], arrays["index"])
+    optimizer = torch.optim.Adam([table.values])
+    table.values.grad = torch.zeros_like(table.values)
+    optimizer.step()
+    return table.memory_bytes(optimizer)
+
+
 def touched_rows_bound(n_positives: int, negatives: int, n_items: int) -> int:
     """Most item rows a device with ``n_positives`` can touch in a round (positives plus the
     negatives drawn for them once per round)."""
@@ -128,12 +140,12 @@ def device_reserve_bytes(dim: int, max_touched_rows: int) -> int:
     return user_row_bytes(dim) + torch.zeros(max_touched_rows, dim).nbytes
 
 
-def _positives_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
+def positives_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     """A (1, n_items) binary row with ones at ``items``."""
     return binary_matrix(np.zeros(len(items), dtype=np.int64), items, (1, n_items))
 
 
-def _top_growth(rows: Tensor, scores: Tensor, topk: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def top_growth(rows: Tensor, scores: Tensor, topk: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat ids and scores of the ``topk`` best positive scores of each row (T, d)."""
     k = min(topk, dim)
     if k == 0 or rows.numel() == 0:
@@ -185,7 +197,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
         raise ValueError("a device needs at least one training interaction to train")
     n_items, dim = item_table.n_rows, item_table.dim
     pos = torch.from_numpy(np.asarray(positives, dtype=np.int64))                 # (P,)
-    sampler = NegativeSampler(_positives_matrix(positives, n_items))
+    sampler = NegativeSampler(positives_matrix(positives, n_items))
     neg = sampler.sample(torch.zeros(len(pos), dtype=torch.long), hp.negatives, generator)  # (P, N)
     touched = torch.unique(torch.cat([pos, neg.reshape(-1)]))                     # (T,) sorted
     growth = torch.zeros(len(touched), dim)                                       # (T, d)
@@ -223,7 +235,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
     if budget_bytes is not None and train_bytes > budget_bytes:
         raise ValueError(f"device held {train_bytes} bytes, over its budget of {budget_bytes}")
     entries, values = item_table.row_entries(touched)                             # (E,), (E,)
-    grow_entries, grow_scores = _top_growth(touched, growth, hp.growth_topk, dim)
+    grow_entries, grow_scores = top_growth(touched, growth, hp.growth_topk, dim)
     state = optimizer.state[user_table.values]
     new_user = UserRow(values=user_table.values.detach().squeeze(0).numpy().copy(),
                        exp_avg=state["exp_avg"].squeeze(0).numpy().copy(),
@@ -250,5 +262,5 @@ def evaluate_device(item_table: SparseEmbeddingTable, user: UserRow, positives: 
     n_items = item_table.n_rows
     with torch.no_grad():
         items = item_table.to_dense()                                             # (n_items, d)
-    return evaluate_embeddings(user.values[None, :], items, _positives_matrix(positives, n_items),
-                               _positives_matrix(test_items, n_items), ks=(k,))
+    return evaluate_embeddings(user.values[None, :], items, positives_matrix(positives, n_items),
+                               positives_matrix(test_items, n_items), ks=(k,))

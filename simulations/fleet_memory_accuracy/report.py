@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from fedsparse.config import load_config
 from fedsparse.data import load_dataset
-from fedsparse.fl.fleet import fleet_users
+from fedsparse.federated.fleet import fleet_users
 from fedsparse.metrics.ranking import evaluate_embeddings
 from fedsparse.report.tables import replace_block
 

@@ -12,10 +12,10 @@ import pytest
 
 from fedsparse.config import dump_config
 from fedsparse.errors import FedsparseError
-from fedsparse.fl.checkpoint import (LEDGER_ARRAYS, ServerState, load_server_state,
-                                     persist_device_state, restore_device_state,
-                                     save_server_state)
-from fedsparse.train.device import UserRow
+from fedsparse.federated.checkpoint import (LEDGER_ARRAYS, ServerState, load_server_state,
+                                            persist_cohort_state, restore_cohort_state,
+                                            save_server_state)
+from fedsparse.federated.devices import CohortState
 
 
 def _state(round_=3):
@@ -23,7 +23,7 @@ def _state(round_=3):
     return ServerState(
         round=round_, item=rng.normal(size=(5, 4)).astype(np.float32), growth=rng.random((5, 4)),
         masks={"small": rng.random((5, 4)) < 0.3, "large": rng.random((5, 4)) < 0.6},
-        counters={"mask_updates": 1, "skipped_in_a_row": 0},
+        counters={"mask_updates": 1, "skipped_in_a_row": 0, "devices_per_node": 5},
         ledger={key: np.arange(6, dtype=np.int64) for key in LEDGER_ARRAYS},
         evaluation={2: {"recall@20": 0.25, "n-test": 3.0}},
         history=[{"round": 1, "loss": 0.5, "seconds": 1.25}, {"round": 2, "loss": float("nan")}],
@@ -58,20 +58,23 @@ def test_corrupt_or_foreign_checkpoints_are_refused_in_one_line(tmp_path):
         load_server_state(path, "seed = 0\nname = \"a\"\n")
 
 
-def test_a_device_restores_its_latest_state_the_checkpoint_covers(tmp_path):
-    def row(value):
-        return UserRow(values=np.full(4, value, np.float32), exp_avg=np.zeros(4, np.float32),
-                       exp_avg_sq=np.zeros(4, np.float32), step=int(value))
+def test_a_cohort_restores_its_latest_state_the_checkpoint_covers(tmp_path):
+    def state(value):
+        cohort = CohortState.initial(range(7, 10), seed=0, dim=4, init_std=0.1)
+        cohort.step[:] = value
+        return cohort.arrays()
 
-    state_dir = str(tmp_path)
-    assert restore_device_state(state_dir, 7, 10) is None
+    state_dir, devices = str(tmp_path), np.arange(7, 10)
+    assert restore_cohort_state(state_dir, devices, 10) is None
     for server_round in (2, 5, 6):
-        persist_device_state(state_dir, 7, server_round, row(server_round))
-    kept = sorted(p.name for p in (tmp_path / "device_000007").iterdir())
+        persist_cohort_state(state_dir, server_round, state(server_round))
+    kept = sorted(p.name for p in (tmp_path / "cohort_000007").iterdir())
     assert kept == ["round_000005.npz", "round_000006.npz"]        # the one before is kept
-    assert restore_device_state(state_dir, 7, 5).step == 5            # round 6 was cut short
-    assert restore_device_state(state_dir, 7, 9).step == 6
-    assert restore_device_state(state_dir, 8, 9) is None
+    assert (restore_cohort_state(state_dir, devices, 5)["step"] == 5).all()   # 6 was cut short
+    assert (restore_cohort_state(state_dir, devices, 9)["step"] == 6).all()
+    assert restore_cohort_state(state_dir, np.arange(8, 10), 9) is None
+    with pytest.raises(FedsparseError, match="not this cohort's"):
+        restore_cohort_state(state_dir, np.arange(7, 9), 9)
 
 
 def test_resume_and_unfinished_runs_are_checked_before_anything_starts(fleet_config, tmp_path,
@@ -131,7 +134,7 @@ def test_a_killed_simulation_resumes_to_the_same_files(fleet_config, tmp_path):
     config = tmp_path / "fleet.toml"
     dump_config(fleet_config("fl.rounds=12", "fl.clients_per_round=12", "fl.crash_prob=0.2",
                              "fl.speed_jitter=0.5", "fl.deadline_seconds=0.09",
-                             "fl.eval_every=5"), config)
+                             "fl.eval_every=5", "fl.devices_per_node=5"), config)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _finish(_simulate(str(config), "--out", str(whole)))
 

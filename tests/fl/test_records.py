@@ -9,11 +9,11 @@ import torch
 from flwr.app import (Array, Context, Error, Message, MessageType, MetricRecord, RecordDict)
 
 from fedsparse.data import load_dataset
+from fedsparse.federated.devices import CohortState
+from fedsparse.federated.fleet import plan_fleet
+from fedsparse.federated.protocol import Expected, decode_update, encode_update, reply_metrics
 from fedsparse.fl.client_app import evaluate, train
-from fedsparse.fl.faults import SIMULATED_FAULT_CODE
-from fedsparse.fl.fleet import plan_fleet
-from fedsparse.fl.records import (Expected, arrays_record, decode_train_reply, encode_update,
-                                  reply_metrics, slice_from_record, slice_record)
+from fedsparse.fl.records import arrays_record, record_arrays, slice_from_record, slice_record
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
@@ -39,7 +39,7 @@ def test_slice_that_does_not_fit_is_refused():
         slice_from_record(record, 30, 16)
 
 
-def test_update_round_trips(server_identity):
+def test_update_round_trips():
     dim, topk = 4, 2
     mask = np.zeros((5, dim), bool)
     mask[[1, 3]] = [True, False, True, False]
@@ -48,13 +48,11 @@ def test_update_round_trips(server_identity):
                           grow_entries=np.array([5, 13, 15]),
                           grow_scores=np.array([0.5, 0.25, 2.0], np.float32),
                           examples=6, loss=0.5, train_bytes=100, steps=2)
-    sent = Message(content=RecordDict({}), dst_node_id=9, message_type=MessageType.TRAIN)
-    reply = Message(content=RecordDict({
-        "update": encode_update(update, dim=dim, topk=topk),
-        "reply": reply_metrics(update, device=3, server_round=2, tier_index=0,
-                               sim_seconds=0.02)}), reply_to=sent)
-    decoded = decode_train_reply(reply, Expected(device=3, server_round=2, tier_index=0,
-                                                 tier_mask=mask, topk=topk))
+    arrays = record_arrays(arrays_record(encode_update(update, dim=dim, topk=topk)))
+    metrics = dict(MetricRecord(reply_metrics(update, device=3, server_round=2, tier_index=0,
+                                              sim_seconds=0.02)))
+    decoded = decode_update(arrays, metrics, Expected(device=3, server_round=2, tier_index=0,
+                                                      tier_mask=mask, topk=topk))
     assert decoded.weight == 6 and decoded.device == 3
     assert decoded.entries.tolist() == entries.tolist()
     assert decoded.values.tolist() == [1, 2, 3, 4]
@@ -129,7 +127,7 @@ def trained_round(server_identity, fleet_config, fleet_data):
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))
     values = np.random.default_rng(0).normal(scale=0.1, size=top.shape).astype(np.float32)
-    nodes = {100 + device: device for device in range(plan.n_devices)}
+    nodes = {100 + device: [device] for device in range(plan.n_devices)}
 
     def new_strategy():
         return SparseFedStrategy(cfg, plan, values, top, nodes)
@@ -138,7 +136,7 @@ def trained_round(server_identity, fleet_config, fleet_data):
     messages = list(strategy.configure_train(1, None, None, None))
     replies = []
     for message in messages:
-        device = nodes[message.metadata.dst_node_id]
+        device = nodes[message.metadata.dst_node_id][0]
         context = Context(run_id=1, node_id=message.metadata.dst_node_id,
                           node_config={"partition-id": device, "num-partitions": plan.n_devices},
                           state=RecordDict(), run_config={})
@@ -147,13 +145,14 @@ def trained_round(server_identity, fleet_config, fleet_data):
 
 
 def _tamper(reply, mutate):
-    arrays = {key: reply.content["update"][key].numpy() for key in reply.content["update"]}
-    metrics = dict(reply.content["reply"])
+    device = reply.metadata.src_node_id - 100
+    arrays = record_arrays(reply.content[f"update.{device}"])
+    metrics = dict(reply.content[f"reply.{device}"])
     mutate(arrays, metrics)
     sent = Message(content=RecordDict({}), dst_node_id=reply.metadata.src_node_id,
                    message_type=MessageType.TRAIN)
-    return Message(content=RecordDict({"update": arrays_record(arrays),
-                                       "reply": MetricRecord(metrics)}), reply_to=sent)
+    return Message(content=RecordDict({f"update.{device}": arrays_record(arrays),
+                                       f"reply.{device}": MetricRecord(metrics)}), reply_to=sent)
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
@@ -192,11 +191,11 @@ def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_id
     plan = plan_fleet(cfg, data)
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))
-    nodes = {100 + device: device for device in range(plan.n_devices)}
+    nodes = {100 + device: [device] for device in range(plan.n_devices)}
     strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top, nodes)
     replies = []
     for message in strategy.configure_train(1, None, None, None):
-        device = nodes[message.metadata.dst_node_id]
+        device = nodes[message.metadata.dst_node_id][0]
         assert message.content["config"]["max-items"] == 25
         context = Context(run_id=1, node_id=message.metadata.dst_node_id,
                           node_config={"partition-id": device}, state=RecordDict(), run_config={})
@@ -219,7 +218,7 @@ def test_device_evaluates_with_its_own_slice(trained_round):
     context = Context(run_id=1, node_id=message.metadata.dst_node_id,
                       node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     reply = evaluate(message, context)
-    metrics = reply.content["metrics"]
+    metrics = reply.content["metrics.0"]
     assert 0.0 <= metrics["recall@20"] <= 1.0 and metrics["n-test"] == 3
     tier = strategy.plan.tiers[strategy.plan.device_tier[0]]
     assert 0 < metrics["model-bytes"] <= tier.budget_bytes
@@ -230,16 +229,20 @@ def _with_fleet(strategy, **changes):
                                        fl=dataclasses.replace(strategy.cfg.fl, **changes))
 
 
+def _sim_seconds(reply):
+    return float(reply.content[f"reply.{reply.metadata.src_node_id - 100}"]["sim-seconds"])
+
+
 def test_replies_past_the_deadline_count_as_late(trained_round):
     new_strategy, strategy, _, replies = trained_round
-    seconds = sorted(float(reply.content["reply"]["sim-seconds"]) for reply in replies)
+    seconds = sorted(_sim_seconds(reply) for reply in replies)
     deadline = seconds[len(seconds) // 2]
     _with_fleet(strategy, deadline_seconds=deadline)
     _, counts = strategy.aggregate_train(1, replies)
     late = sum(s > deadline for s in seconds)
     assert late > 0 and counts["late"] == late and counts["succeeded"] == len(replies) - late
 
-    on_time = [reply for reply in replies if float(reply.content["reply"]["sim-seconds"]) <= deadline]
+    on_time = [reply for reply in replies if _sim_seconds(reply) <= deadline]
     without_late = new_strategy()
     list(without_late.configure_train(1, None, None, None))
     without_late.aggregate_train(1, on_time)
@@ -249,8 +252,8 @@ def test_replies_past_the_deadline_count_as_late(trained_round):
 def test_a_round_with_too_few_successes_is_skipped(trained_round, server_identity):
     _, strategy, messages, replies = trained_round
     before = strategy.item.copy()
-    crashed = [Message(error=Error(code=SIMULATED_FAULT_CODE, reason="simulated crash"),
-                       reply_to=message) for message in messages[:20]]
+    crashed = [Message(error=Error(code=0, reason="SuperNode lost"), reply_to=message)
+               for message in messages[:20]]
     _with_fleet(strategy, min_success=0.5)
     _, counts = strategy.aggregate_train(1, [*crashed, *replies[20:]])
     assert counts["failed"] == 20 and counts["succeeded"] == 4 and counts["skipped"] == 1
@@ -265,7 +268,7 @@ def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_confi
     top = random_mask(fleet_data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))
     strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top,
-                                 {100 + d: d for d in range(plan.n_devices)})
+                                 {100 + d: [d] for d in range(plan.n_devices)})
     outcomes = []
     for message in strategy.configure_train(1, None, None, None):
         device = message.metadata.dst_node_id - 100
@@ -273,7 +276,12 @@ def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_confi
                           node_config={"partition-id": device}, state=RecordDict(),
                           run_config={})
         reply = train(message, context)
-        outcomes.append(reply.has_error())
-        if reply.has_error():
-            assert reply.error.code == SIMULATED_FAULT_CODE and "user" not in context.state
+        crashed = f"error.{device}" in reply.content
+        outcomes.append(crashed)
+        if crashed:
+            assert reply.content[f"error.{device}"]["simulated"]
+            assert f"update.{device}" not in reply.content
+            kept = CohortState.from_arrays(record_arrays(context.state["cohort"]))
+            fresh = CohortState.initial([device], cfg.seed, cfg.model.dim, cfg.model.init_std)
+            assert np.array_equal(kept.values, fresh.values) and kept.step[0] == 0
     assert 0 < sum(outcomes) < len(outcomes)

@@ -2,8 +2,8 @@
 
 Every draw is keyed by (seed, round, device, purpose), so a fault happens in the same round on
 the same device in every run with the same seed, whichever process asks, including after a
-resume. Plain Python and NumPy (no Flower): the ClientApp asks :func:`device_fault` before it
-trains and reports :func:`simulated_seconds`; the server counts a reply that would arrive after
+resume. Plain Python and NumPy (no Flower): the device half asks :func:`device_fault` before a
+device trains and reports :func:`simulated_seconds`; the server counts a reply that would arrive after
 ``fl.deadline_seconds`` as late.
 """
 
@@ -13,10 +13,6 @@ import math
 from dataclasses import dataclass
 
 from fedsparse.seeding import numpy_rng_for
-
-#: Error code of the reply of a device that crashed or was offline in the simulation.
-SIMULATED_FAULT_CODE = 9001
-
 
 @dataclass(frozen=True)
 class FaultModel:

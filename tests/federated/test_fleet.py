@@ -5,7 +5,7 @@ import pytest
 
 from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
-from fedsparse.fl.fleet import fleet_users, plan_fleet, shares_to_tiers
+from fedsparse.federated.fleet import fleet_users, plan_fleet, shares_to_tiers
 from fedsparse.sparse.budget import table_bytes
 
 

@@ -7,8 +7,9 @@ skipped-round counters, the accounting ledger and the history so far, and the re
 it belongs to. Random streams need no saved state: every draw is keyed by (seed, round,
 device, purpose), so the round number is the generators' state.
 
-Each device persists its own private state (user row and Adam moments) after each round it
-trains, to ``<state dir>/device_<id>/round_<r>.npz``, and keeps the previous file: a device
+Each cohort of devices (those one SuperNode simulates; one device in a deployment) persists its
+devices' private state (user rows and Adam moments) after each round it trains, to
+``<state dir>/cohort_<first device>/round_<r>.npz``, and keeps the previous file: a cohort
 restarted after a crash loads the newest file of a round the server's checkpoint covers, so a
 round that was cut short by a kill is redone from the same state.
 """
@@ -26,7 +27,6 @@ import numpy as np
 
 from fedsparse.errors import FedsparseError
 from fedsparse.report.results import write_atomically
-from fedsparse.train.device import UserRow
 
 FORMAT = 1
 LEDGER_ARRAYS = ("up_bytes", "up_payload_bytes", "down_bytes", "messages", "rounds",
@@ -130,32 +130,43 @@ def first_difference(saved: str, current: str) -> str:
 
 
 # ---------------------------------------------------------------------- device state files
-def _device_dir(state_dir: str, device: int) -> Path:
-    return Path(state_dir) / f"device_{device:06d}"
+def _cohort_dir(state_dir: str, first_device: int) -> Path:
+    return Path(state_dir) / f"cohort_{first_device:06d}"
 
 
 def _round_of(path: Path) -> int:
     return int(path.stem.removeprefix("round_"))
 
 
-def persist_device_state(state_dir: str, device: int, server_round: int, user: UserRow) -> None:
-    """Write the device's state after ``server_round``; keep the one before, delete older."""
-    folder = _device_dir(state_dir, device)
-    write_atomically(folder / f"round_{server_round:06d}.npz",
-                     npz_bytes({"values": user.values, "exp_avg": user.exp_avg,
-                                "exp_avg_sq": user.exp_avg_sq, "step": np.array([user.step])}))
+def persist_cohort_state(state_dir: str, server_round: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cohort's device state (``arrays``, with its ``devices``) after ``server_round``;
+    keep the one before, delete older."""
+    folder = _cohort_dir(state_dir, int(arrays["devices"][0]))
+    write_atomically(folder / f"round_{server_round:06d}.npz", npz_bytes(arrays))
     earlier = sorted((path for path in folder.glob("round_*.npz")
                       if _round_of(path) < server_round), key=_round_of)
     for path in earlier[:-1]:
         path.unlink()
 
 
-def restore_device_state(state_dir: str, device: int, up_to_round: int) -> UserRow | None:
-    """The device's state after the latest round <= ``up_to_round`` it trained in, or None."""
-    folder = _device_dir(state_dir, device)
+def restore_cohort_state(state_dir: str, devices: np.ndarray,
+                         up_to_round: int) -> dict[str, np.ndarray] | None:
+    """The state of the cohort of ``devices`` after the latest round <= ``up_to_round`` it
+    trained in, or None.
+
+    Raises
+    ------
+    FedsparseError
+        The file holds other devices (the run was started with other cohorts).
+    """
+    folder = _cohort_dir(state_dir, int(devices[0]))
     rounds = [path for path in folder.glob("round_*.npz") if _round_of(path) <= up_to_round]
     if not rounds:
         return None
-    with np.load(max(rounds, key=_round_of)) as arrays:
-        return UserRow(values=arrays["values"], exp_avg=arrays["exp_avg"],
-                       exp_avg_sq=arrays["exp_avg_sq"], step=int(arrays["step"][0]))
+    path = max(rounds, key=_round_of)
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    if not np.array_equal(arrays["devices"], devices):
+        raise FedsparseError(f"{path}: holds devices {arrays['devices'][0]}.."
+                             f"{arrays['devices'][-1]}, not this cohort's")
+    return arrays

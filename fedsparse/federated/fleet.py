@@ -9,6 +9,7 @@ needs besides the slice (user row with Adam state, growth buffer of its touched 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +20,12 @@ import pandas as pd
 from fedsparse.config import ExperimentConfig
 from fedsparse.data.dataset import InteractionData
 from fedsparse.errors import ConfigError
+from fedsparse.federated.methods import fleet_method
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse.budget import density_for_budget
 from fedsparse.train.device import device_reserve_bytes, touched_rows_bound
 
 logger = logging.getLogger(__name__)
-
-#: ``sparse.method`` values a fleet can run, and what they mean there.
-FLEET_METHODS = {
-    "dense": "dense FedAvg: every device holds the full item table",
-    "static": "fixed random tier masks",
-    "sparserec": "federated NMF masks, growth by gradients accumulated over rounds",
-    "sparserec_no_nmf": "random-init federated DST: random masks, accumulated growth",
-    "sparserec_no_accumulation": "federated NMF masks, growth by the last round's gradients",
-}
-
 
 @dataclass(frozen=True)
 class Tier:
@@ -70,6 +62,37 @@ class FleetPlan:
     @property
     def n_devices(self) -> int:
         return len(self.users)
+
+
+def resolve_devices_per_node(setting: int, n_devices: int, workers: int) -> int:
+    """Devices each SuperNode simulates: ``setting`` (``fl.devices_per_node``), or for 0 (auto)
+    the fleet spread evenly over ``workers`` (the client actors Flower runs at once; 1 in a
+    deployment, where a SuperNode is one device)."""
+    if setting > 0:
+        return setting
+    return max(1, -(-n_devices // max(1, workers)))
+
+
+def supernode_count(n_devices: int, devices_per_node: int) -> int:
+    """SuperNodes a fleet of ``n_devices`` needs at ``devices_per_node`` (the last may hold
+    fewer)."""
+    return -(-n_devices // devices_per_node)
+
+
+def cohort_of(partition: int, devices_per_node: int, n_devices: int) -> range:
+    """The devices SuperNode ``partition`` (its ``partition-id``) simulates.
+
+    Raises
+    ------
+    ValueError
+        ``partition`` holds no device of the fleet.
+    """
+    devices = range(partition * devices_per_node,
+                    min(n_devices, (partition + 1) * devices_per_node))
+    if partition < 0 or not devices:
+        raise ValueError(f"partition-id {partition} holds no device: the fleet has {n_devices} "
+                         f"devices, {devices_per_node} per SuperNode")
+    return devices
 
 
 def fleet_users(data: InteractionData, max_devices: int = 0, seed: int = 0) -> np.ndarray:
@@ -125,6 +148,28 @@ def read_tier_file(path: Path, n_devices: int, names: list[str]) -> np.ndarray:
     return tiers
 
 
+#: The ``sparse.*`` and ``train.*`` keys a fleet reads (its local training is set by ``fl.*``).
+FLEET_READS = {"sparse": ("method", "initial_fraction", "end_fraction"), "train": ("topk",)}
+
+
+def check_fleet_keys(cfg: ExperimentConfig) -> None:
+    """A ``sparse.*`` or ``train.*`` key set away from its default that a fleet ignores is an
+    error naming it (a fleet trains with ``fl.*``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such key.
+    """
+    for section, read in FLEET_READS.items():
+        values = getattr(cfg, section)
+        for option in dataclasses.fields(values):
+            if option.name not in read and getattr(values, option.name) != option.default:
+                raise ConfigError(f"{section}.{option.name}: a fleet ignores it (set fl.* keys; "
+                                  f"a fleet reads only {', '.join(f'{section}.{key}' for key in read)} "
+                                  f"of [{section}])")
+
+
 def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     """Resolve ``cfg.fl`` against ``data``: devices, tiers, densities.
 
@@ -137,14 +182,16 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     fl, dim = cfg.fl, cfg.model.dim
     if not fl.tiers:
         raise ConfigError("fl.tiers: a fleet needs at least one tier ([fl.tiers.<name>])")
-    if cfg.sparse.method not in FLEET_METHODS:
-        raise ConfigError(f"sparse.method: a fleet runs one of {', '.join(FLEET_METHODS)}; got "
-                          f"{cfg.sparse.method!r}")
+    method = fleet_method(cfg.sparse.method)
+    check_fleet_keys(cfg)
     if cfg.model.name != "mf":
         raise ConfigError(f"model.name: fleets train mf; got {cfg.model.name!r}")
     users = fleet_users(data, fl.max_devices, cfg.seed)
     if fl.clients_per_round > len(users):
         raise ConfigError(f"fl.clients_per_round: {fl.clients_per_round} is more than the "
+                          f"{len(users)} devices")
+    if fl.devices_per_node > len(users):
+        raise ConfigError(f"fl.devices_per_node: {fl.devices_per_node} is more than the "
                           f"{len(users)} devices")
     ordered = sorted(fl.tiers.items(), key=lambda item: (item[1].budget_bytes, item[0]))
     names = [name for name, _ in ordered]
@@ -157,14 +204,14 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
                                                            data.n_items))
     tiers = []
     for name, tier in ordered:
-        if cfg.sparse.method == "dense":
+        try:                                # every method: at least the sparsest model
+            density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
+        except ConfigError as exc:
+            raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small for {cfg.sparse.method} "
+                              f"({reserve} bytes go to the user row and growth buffer; "
+                              f"{exc})") from None
+        if not method.enforces_budget:
             density = 1.0
-        else:
-            try:
-                density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
-            except ConfigError as exc:
-                raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small ({reserve} bytes go "
-                                  f"to the user row and growth buffer; {exc})") from None
         tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density,
                           growth_topk=fl.growth_topk if tier.growth_topk < 0 else tier.growth_topk,
                           steps_per_second=tier.steps_per_second))

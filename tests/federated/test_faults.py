@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsparse.fl.faults import FaultModel, device_fault, is_offline, simulated_seconds
+from fedsparse.federated.faults import FaultModel, device_fault, is_offline, simulated_seconds
 
 
 def test_faults_are_the_same_in_every_run():

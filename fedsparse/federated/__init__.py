@@ -1,0 +1,1 @@
+"""The engine-neutral federated algorithm (no Flower, no Ray; DESIGN section 2)."""

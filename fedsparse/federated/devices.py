@@ -1,0 +1,196 @@
+"""The device half of the federated protocol, for a cohort of devices (one in a deployment).
+
+Engine-neutral: the engine (Flower's ClientApp, :mod:`fedsparse.fl.client_app`) turns its
+messages into these calls and their results back into records. A cohort is the devices one
+SuperNode simulates (:func:`~fedsparse.federated.fleet.cohort_of`); their private state (user
+rows with Adam state, NMF rows) is one :class:`CohortState`, kept by the engine between rounds
+and, in a simulation, in state files (:mod:`fedsparse.federated.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from fedsparse.data import InteractionData
+from fedsparse.federated.cohort import DeviceTask, train_cohort
+from fedsparse.federated.faults import FaultModel, device_fault, simulated_seconds
+from fedsparse.federated.protocol import encode_update, reply_metrics
+from fedsparse.seeding import generator_for
+from fedsparse.sparse import SparseEmbeddingTable
+from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_user_step
+from fedsparse.train.device import LocalTraining, UserRow, evaluate_device, model_bytes
+
+
+@dataclass
+class CohortState:
+    """The private state of a cohort's devices, stacked: row ``i`` is device ``devices[i]``.
+
+    Attributes
+    ----------
+    devices : np.ndarray
+        (m,) int64 device ids, ascending.
+    values, exp_avg, exp_avg_sq : np.ndarray
+        (m, d) float32 user rows and their Adam moments.
+    step : np.ndarray
+        (m,) int64 Adam steps taken.
+    """
+
+    devices: np.ndarray
+    values: np.ndarray
+    exp_avg: np.ndarray
+    exp_avg_sq: np.ndarray
+    step: np.ndarray
+
+    @classmethod
+    def initial(cls, devices: range | list[int], seed: int, dim: int,
+                init_std: float) -> CohortState:
+        """Every device's seeded initial row (its own ``user-init`` stream), zero Adam state."""
+        rows = [UserRow.initial(dim, init_std, generator_for(seed, 0, device, "user-init"))
+                for device in devices]
+        return cls(devices=np.asarray(list(devices), dtype=np.int64),
+                   values=np.stack([row.values for row in rows]),
+                   exp_avg=np.zeros((len(rows), dim), np.float32),
+                   exp_avg_sq=np.zeros((len(rows), dim), np.float32),
+                   step=np.zeros(len(rows), np.int64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> CohortState:
+        return cls(**{field.name: arrays[field.name] for field in fields(cls)})
+
+    def _slot(self, device: int) -> int:
+        return int(np.searchsorted(self.devices, device))
+
+    def row(self, device: int) -> UserRow:
+        """Device ``device``'s user row and Adam state."""
+        i = self._slot(device)
+        return UserRow(values=self.values[i].copy(), exp_avg=self.exp_avg[i].copy(),
+                       exp_avg_sq=self.exp_avg_sq[i].copy(), step=int(self.step[i]))
+
+    def set_row(self, device: int, row: UserRow) -> None:
+        i = self._slot(device)
+        self.values[i], self.exp_avg[i], self.exp_avg_sq[i] = row.values, row.exp_avg, row.exp_avg_sq
+        self.step[i] = row.step
+
+
+@dataclass(frozen=True)
+class TrainRound:
+    """What a cohort's devices need for one training round (from the server's message)."""
+
+    server_round: int
+    seed: int
+    hp: LocalTraining
+    tier_budget_bytes: list[int]
+    tier_growth_topk: list[int]
+    tier_steps_per_second: list[float]
+    faults: FaultModel
+
+
+@dataclass(frozen=True)
+class DeviceReply:
+    """One device's outcome of a round: its update's arrays and metrics, or an error."""
+
+    arrays: dict[str, np.ndarray] | None = None
+    metrics: dict[str, int | float] | None = None
+    error: str = ""
+    simulated_fault: bool = False
+
+
+def items_of(data: InteractionData, split: str, user: int) -> np.ndarray:
+    """(n,) int64 item ids of ``user`` in the ``"train"`` or ``"test"`` matrix."""
+    matrix = data.train if split == "train" else data.test
+    return matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]].astype(np.int64)
+
+
+def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
+                  sampled: list[tuple[int, int]], tables: dict[int, SparseEmbeddingTable],
+                  spec: TrainRound) -> dict[int, DeviceReply]:
+    """One training round of the ``sampled`` (device, tier) pairs of a cohort, together.
+
+    A device that is offline or crashes this round (its seeded fault draw) replies with an
+    error and keeps its state; the others train (:func:`train_cohort`), update their rows in
+    ``state`` and reply with their encoded update. ``users[device]`` is its user id,
+    ``tables[tier]`` the tier's slice as received.
+    """
+    replies: dict[int, DeviceReply] = {}
+    tasks, task_tiers = [], []
+    for device, tier in sampled:
+        faults = FaultModel(**{**spec.faults.__dict__,
+                               "steps_per_second": spec.tier_steps_per_second[tier]})
+        fault = device_fault(faults, spec.seed, spec.server_round, device)
+        if fault is not None:
+            replies[device] = DeviceReply(error=f"simulated {fault}", simulated_fault=True)
+            continue
+        hp = LocalTraining(**{**spec.hp.__dict__, "growth_topk": spec.tier_growth_topk[tier]})
+        tasks.append(DeviceTask(device=device, item_table=tables[tier], user=state.row(device),
+                                positives=items_of(data, "train", int(users[device])), hp=hp,
+                                generator=generator_for(spec.seed, spec.server_round, device,
+                                                        "local-train"),
+                                budget_bytes=spec.tier_budget_bytes[tier] or None))
+        task_tiers.append((tier, faults))
+    for task, (tier, faults), result in zip(tasks, task_tiers, train_cohort(tasks)):
+        if isinstance(result, str):
+            replies[task.device] = DeviceReply(error=result)
+            continue
+        update, row = result
+        state.set_row(task.device, row)
+        seconds = simulated_seconds(faults, update.steps, spec.seed, spec.server_round,
+                                    task.device)
+        replies[task.device] = DeviceReply(
+            arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),
+            metrics=reply_metrics(update, device=task.device, server_round=spec.server_round,
+                                  tier_index=tier, sim_seconds=seconds))
+    return replies
+
+
+def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortState,
+                     devices: list[tuple[int, int]], tables: dict[int, SparseEmbeddingTable],
+                     k: int) -> dict[int, dict[str, float | int]]:
+    """Each (device, tier) ranks all items with its own sparse model: Recall@K, NDCG@K, its
+    measured model bytes and how many test items it has."""
+    results = {}
+    with torch.no_grad():
+        for device, tier in devices:
+            user_id, row = int(users[device]), state.row(device)
+            test_items = items_of(data, "test", user_id)
+            metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
+            if len(test_items):
+                metrics = evaluate_device(tables[tier], row, items_of(data, "train", user_id),
+                                          test_items, k=k)
+            results[device] = {**{key: float(value) for key, value in metrics.items()},
+                               "model-bytes": model_bytes(tables[tier], row),
+                               "n-test": len(test_items)}
+    return results
+
+
+def nmf_devices(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
+                devices: list[int], seed: int, rank: int,
+                factors: dict[int, np.ndarray] | None,
+                gram_h: np.ndarray | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One federated NMF step of each device: it updates its own row W_u (``rows``, in place)
+    and returns it with its item ids.
+
+    The update needs only H's columns at the device's items and H H^T: in the first step
+    (``factors`` None) the device makes the seeded H0 itself, later the server sends those
+    (``factors[device]`` (d, n_u), ``gram_h`` (d, d)).
+    """
+    first = factors is None
+    if first:
+        h = initial_nmf_items(seed, rank, data.n_items)                         # (d, n_items)
+        gram_h = h @ h.T
+    out = {}
+    for device in devices:
+        items = items_of(data, "train", int(users[device]))
+        h_items = h[:, items] if first else factors[device]                    # (d, n_u)
+        if h_items.shape != (rank, len(items)):
+            raise ValueError(f"device {device}: h_items has shape {h_items.shape}, expected "
+                             f"{(rank, len(items))}")
+        w_user = initial_nmf_row(seed, device, rank) if first else rows[device]
+        rows[device] = nmf_user_step(w_user, h_items, gram_h)
+        out[device] = (rows[device], items)
+    return out

@@ -1,0 +1,79 @@
+"""Cohort SuperNodes: a fleet gives the same files whatever the number of devices per
+SuperNode, and each device's bytes are those of a message to it alone."""
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from fedsparse.cli import main
+from fedsparse.config import dump_config
+from fedsparse.data import load_dataset
+from fedsparse.federated.fleet import cohort_of, plan_fleet
+from fedsparse.fl.client_app import train
+from fedsparse.fl.records import message_bytes
+from fedsparse.fl.strategy import SparseFedStrategy
+from fedsparse.seeding import generator_for
+from fedsparse.sparse.masks import random_mask
+
+COHORT_FLEET = ("fl.rounds=4", "fl.clients_per_round=18", "fl.crash_prob=0.15",
+                "fl.offline_prob=0.1", "fl.offline_rounds=2", "fl.speed_jitter=0.5",
+                "fl.deadline_seconds=0.09", "fl.eval_every=2", "fl.mask_interval=1")
+
+
+@pytest.mark.slow
+def test_one_device_per_supernode_and_auto_cohorts_write_the_same_files(fleet_config, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    runs = {}
+    for per_node in (1, 0):
+        config = tmp_path / f"fleet_{per_node}.toml"
+        dump_config(fleet_config(*COHORT_FLEET, f"fl.devices_per_node={per_node}"), config)
+        runs[per_node] = tmp_path / f"run_{per_node}"
+        assert main(["simulate", str(config), "--out", str(runs[per_node])]) == 0
+    assert len(list((runs[0] / "checkpoint" / "devices").iterdir())) == 2     # 2 cohorts
+    assert len(list((runs[1] / "checkpoint" / "devices").iterdir())) > 2     # 1 device each
+    for name in ("metrics.json", "clients.csv", "model.npz"):
+        assert (runs[1] / name).read_bytes() == (runs[0] / name).read_bytes(), name
+
+
+def test_cohorts_split_the_fleet_in_order():
+    assert [list(cohort_of(p, 5, 12)) for p in range(3)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9],
+                                                             [10, 11]]
+    with pytest.raises(ValueError, match="partition-id 3 holds no device"):
+        cohort_of(3, 5, 12)
+
+
+def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identity,
+                                                                   fleet_config):
+    cfg = fleet_config("sparse.method=sparserec_no_nmf")
+    data = load_dataset(cfg.data.name)
+    plan = plan_fleet(cfg, data)
+    top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
+                      generator_for(0, 0, 0, "mask-init"))
+    values = np.random.default_rng(0).normal(scale=0.1, size=top.shape).astype(np.float32)
+
+    alone = SparseFedStrategy(cfg, plan, values, top, {100 + d: [d] for d in range(24)}, 1)
+    messages = list(alone.configure_train(1, None, None, None))
+    assert len(messages) == 24
+    for message in messages:
+        device = message.content["config"]["devices"][0]
+        assert alone.ledger.down_bytes[device] == message_bytes(message.content)
+
+    cohorts = {100 + p: list(cohort_of(p, 10, 24)) for p in range(3)}
+    together = SparseFedStrategy(cfg, plan, values, top, cohorts, 10)
+    messages = list(together.configure_train(1, None, None, None))
+    assert len(messages) == 3
+    assert np.array_equal(together.ledger.down_bytes, alone.ledger.down_bytes)
+    replies = []
+    for message in messages:
+        context = Context(run_id=1, node_id=message.metadata.dst_node_id,
+                          node_config={"partition-id": message.metadata.dst_node_id - 100},
+                          state=RecordDict(), run_config={})
+        replies.append(train(message, context))
+    _, counts = together.aggregate_train(1, replies)
+    assert counts["succeeded"] == 24
+    for reply in replies:
+        for device in together._sent[reply.metadata.src_node_id]:
+            own = RecordDict({key: reply.content[f"{key}.{device}"] for key in ("update", "reply")})
+            assert together.ledger.up_bytes[device] == message_bytes(own)
