@@ -155,7 +155,8 @@ def train_cohort(tasks: list[DeviceTask], *,
                                                              first.item_table.dim):
             raise ValueError("a cohort trains one item-table shape")
     dim = first.item_table.dim
-    slice_bytes = {id(t.item_table): slice_train_bytes(t.item_table) for t in tasks}
+    tables = {id(task.item_table): task.item_table for task in tasks}             # one per tier
+    slice_bytes = {key: slice_train_bytes(table) for key, table in tables.items()}
     user_bytes = user_row_bytes(dim)
     prepared = [_prepare(task, slice_bytes[id(task.item_table)], user_bytes) for task in tasks]
     results: list[tuple[DeviceUpdate, UserRow] | str] = [""] * len(tasks)
@@ -168,8 +169,7 @@ def train_cohort(tasks: list[DeviceTask], *,
         else:
             trainable.append(index)
     order = sorted(trainable, key=lambda index: -prepared[index].steps)      # stable: ties by task
-    dense = {key: (table.to_dense().detach(), table.mask())
-             for key, table in {id(t.item_table): t.item_table for t in tasks}.items()}
+    dense = {key: (table.to_dense().detach(), table.mask()) for key, table in tables.items()}
     chunk: list[int] = []
     rows = 0
     for index in order:

@@ -281,7 +281,8 @@ def _train_round(strategy: SparseFedStrategy, grid: Grid, server_round: int) -> 
     messages = list(strategy.configure_train(server_round, None, None, grid))
     replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
     _, counts = strategy.aggregate_train(server_round, replies)
-    return {"round": server_round, "sampled": len(messages), **{key: counts[key] for key in counts},
+    return {"round": server_round, "sampled": strategy.sampled,
+            **{key: counts[key] for key in counts},
             "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
             "mask-updates": strategy.mask_updates,
             "seconds": time.perf_counter() - round_start}

@@ -2,12 +2,13 @@
 
 It keeps the global item table (dense on the server, which is not memory-bound; zero outside
 the densest tier's mask), one nested mask per tier and the growth scores the devices sent since
-the last mask update. Each round it sends every sampled device its tier's sparse slice,
-decodes and checks the replies (malformed ones are rejected with a logged reason and counted),
+the last mask update. Each round it sends every SuperNode with sampled devices (a cohort; one
+device in a deployment) their tiers' sparse slices, decodes and checks each device's part of
+the replies on its own (malformed ones are rejected with a logged reason and counted),
 aggregates the accepted ones per entry in ascending device id (never through Flower's dense
 ``FedAvg`` aggregation, which would average index arrays), and every ``fl.mask_interval``
-rounds prunes and regrows the densest tier's mask and re-derives the others from it. Error
-replies (crashed or offline devices) count as failed, replies past ``fl.deadline_seconds`` on
+rounds prunes and regrows the densest tier's mask and re-derives the others from it. Devices
+that report an error (crashed, offline, over budget) or whose SuperNode failed count as failed, replies past ``fl.deadline_seconds`` on
 the simulated clock as late; a round with fewer accepted updates than ``fl.min_success`` of
 its sampled devices is skipped. :meth:`SparseFedStrategy.server_state` and
 :meth:`SparseFedStrategy.restore` carry its state through a checkpoint.
@@ -106,7 +107,7 @@ class SparseFedStrategy(Strategy):
         self.skipped_in_a_row = 0
         self.state_dir = ""                            # devices persist their state here
         self._sent: dict[int, list[int]] = {}          # node -> devices of the last send
-        self._sampled = 0                              # devices sent TRAIN this round
+        self.sampled = 0                               # devices sent TRAIN this round
 
     # ------------------------------------------------------------------ masks
     def _tier_masks(self, top_mask: np.ndarray) -> list[np.ndarray]:
@@ -240,10 +241,10 @@ class SparseFedStrategy(Strategy):
     # ------------------------------------------------------------------ Strategy interface
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """One TRAIN message per sampled device with its tier's slice. ``arrays`` and
-        ``config`` are not used: the global state lives in the strategy."""
+        """One TRAIN message per SuperNode with sampled devices, with their tiers' slices.
+        ``arrays`` and ``config`` are not used: the global state lives in the strategy."""
         devices = self.sample_devices(server_round)
-        self._sampled = len(devices)
+        self.sampled = len(devices)
         return self._messages(server_round, devices, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
@@ -288,13 +289,13 @@ class SparseFedStrategy(Strategy):
                 else:
                     accepted.append(detail[:3])
                     losses.append((device, detail[4]))
-        required = math.ceil(round(self.cfg.fl.min_success * self._sampled, 9))
+        required = math.ceil(round(self.cfg.fl.min_success * self.sampled, 9))
         skipped = len(accepted) < required
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
         moved = 0
         if skipped:
             logger.warning("round %d skipped: %d of %d sampled devices succeeded (fl.min_success "
-                           "%g)", server_round, len(accepted), self._sampled,
+                           "%g)", server_round, len(accepted), self.sampled,
                            self.cfg.fl.min_success)
         else:
             self._apply(accepted)
