@@ -77,3 +77,33 @@ def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identi
         for device in together._sent[reply.metadata.src_node_id]:
             own = RecordDict({key: reply.content[f"{key}.{device}"] for key in ("update", "reply")})
             assert together.ledger.up_bytes[device] == message_bytes(own)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("fl.devices_per_node=25",), "fl.devices_per_node: 25 is more than the 24 devices"),
+    (("fl.devices_per_node=-1",), "fl.devices_per_node"),
+    (("fl.ray_address=127.0.0.1:1",), "fl.ray_address: no Ray cluster reachable at 127.0.0.1:1"),
+    (("fl.ray_address=nohost",), "fl.ray_address: 'nohost' is not host:port"),
+    (("train.lr=0.5",), "train.lr: a fleet ignores it"),
+    (("fl.tiers.small.budget_bytes=10", "sparse.method=dense"),
+     "fl.tiers.small.budget_bytes: too small for dense"),
+])
+def test_bad_cohort_and_cluster_keys_fail_in_one_line_before_anything_starts(
+        fleet_config, tmp_path, capsys, overrides, message):
+    config = tmp_path / "fleet.toml"
+    dump_config(fleet_config(), config)
+    out = tmp_path / "run"
+    args = ["simulate", str(config), "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not out.exists()
+
+
+def test_a_fleet_config_without_a_method_runs_sparserec(fleet_data_dir):
+    from fedsparse.config import load_config
+    assert load_config(None, [f"data.name={fleet_data_dir}"], fleet=True).sparse.method == \
+        "sparserec"
+    assert load_config(None, []).sparse.method == "dense"          # centralized default
