@@ -28,7 +28,7 @@ a cohort of one as in a cohort of thousands (a test checks it).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -147,9 +147,7 @@ def train_cohort(tasks: list[DeviceTask], *,
         return []
     first = tasks[0]
     for task in tasks:
-        if (task.hp.local_epochs, task.hp.batch_size, task.hp.lr, task.hp.l2,
-                task.hp.negatives) != (first.hp.local_epochs, first.hp.batch_size, first.hp.lr,
-                                       first.hp.l2, first.hp.negatives):
+        if replace(task.hp, growth_topk=0) != replace(first.hp, growth_topk=0):
             raise ValueError("a cohort trains with one set of local hyperparameters")
         if (task.item_table.n_rows, task.item_table.dim) != (first.item_table.n_rows,
                                                              first.item_table.dim):
@@ -209,7 +207,7 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
     """Train ``devices`` (sorted by local steps, most first) together; write each result to
     ``results[slots[i]]``."""
     hp = devices[0].task.hp
-    dim, batch, negatives = devices[0].task.item_table.dim, hp.batch_size, hp.negatives
+    dim, negatives = devices[0].task.item_table.dim, hp.negatives
     counts = torch.tensor([len(d.touched) for d in devices])
     row_end = torch.cumsum(counts, 0)                                             # (C,)
     row_start = row_end - counts

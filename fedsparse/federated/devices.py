@@ -9,7 +9,7 @@ and, in a simulation, in state files (:mod:`fedsparse.federated.checkpoint`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -74,8 +74,8 @@ class CohortState:
 
     def set_row(self, device: int, row: UserRow) -> None:
         i = self._slot(device)
-        self.values[i], self.exp_avg[i], self.exp_avg_sq[i] = row.values, row.exp_avg, row.exp_avg_sq
-        self.step[i] = row.step
+        self.values[i], self.exp_avg[i] = row.values, row.exp_avg
+        self.exp_avg_sq[i], self.step[i] = row.exp_avg_sq, row.step
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,12 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
     replies: dict[int, DeviceReply] = {}
     tasks, task_tiers = [], []
     for device, tier in sampled:
-        faults = FaultModel(**{**spec.faults.__dict__,
-                               "steps_per_second": spec.tier_steps_per_second[tier]})
+        faults = replace(spec.faults, steps_per_second=spec.tier_steps_per_second[tier])
         fault = device_fault(faults, spec.seed, spec.server_round, device)
         if fault is not None:
             replies[device] = DeviceReply(error=f"simulated {fault}", simulated_fault=True)
             continue
-        hp = LocalTraining(**{**spec.hp.__dict__, "growth_topk": spec.tier_growth_topk[tier]})
+        hp = replace(spec.hp, growth_topk=spec.tier_growth_topk[tier])
         tasks.append(DeviceTask(device=device, item_table=tables[tier], user=state.row(device),
                                 positives=items_of(data, "train", int(users[device])), hp=hp,
                                 generator=generator_for(spec.seed, spec.server_round, device,

@@ -2,9 +2,9 @@
 
 Every draw is keyed by (seed, round, device, purpose), so a fault happens in the same round on
 the same device in every run with the same seed, whichever process asks, including after a
-resume. Plain Python and NumPy (no Flower): the device half asks :func:`device_fault` before a
-device trains and reports :func:`simulated_seconds`; the server counts a reply that would arrive after
-``fl.deadline_seconds`` as late.
+resume. Plain Python and NumPy (no Flower): the device half asks :func:`device_fault` before
+a device trains and reports :func:`simulated_seconds`; the server counts a reply that would
+arrive after ``fl.deadline_seconds`` as late.
 """
 
 from __future__ import annotations

@@ -165,9 +165,9 @@ def check_fleet_keys(cfg: ExperimentConfig) -> None:
         values = getattr(cfg, section)
         for option in dataclasses.fields(values):
             if option.name not in read and getattr(values, option.name) != option.default:
+                reads = ", ".join(f"{section}.{key}" for key in read)
                 raise ConfigError(f"{section}.{option.name}: a fleet ignores it (set fl.* keys; "
-                                  f"a fleet reads only {', '.join(f'{section}.{key}' for key in read)} "
-                                  f"of [{section}])")
+                                  f"a fleet reads only {reads} of [{section}])")
 
 
 def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:

@@ -35,7 +35,7 @@ from fedsparse.federated.devices import (CohortState, TrainRound, evaluate_devic
                                          train_devices)
 from fedsparse.federated.faults import FaultModel
 from fedsparse.federated.fleet import cohort_of, fleet_users
-from fedsparse.fl.records import (arrays_record, device_key, record_arrays, slice_from_record)
+from fedsparse.fl.records import arrays_record, device_key, record_arrays, slice_from_record
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.train.device import LocalTraining
 
@@ -67,14 +67,19 @@ def _cohort(context: Context, config: ConfigRecord, n_devices: int) -> range:
                      n_devices)
 
 
-def _addressed(config: ConfigRecord, cohort: range) -> list[tuple[int, int]]:
-    """The (device, tier) pairs the message addresses, each checked to be of this cohort."""
-    pairs = list(zip((int(d) for d in config["devices"]), (int(t) for t in config["device-tiers"])))
-    strangers = [device for device, _ in pairs if device not in cohort]
+def _devices(config: ConfigRecord, cohort: range) -> list[int]:
+    """The devices the message addresses, each checked to be of this cohort."""
+    devices = [int(device) for device in config["devices"]]
+    strangers = [device for device in devices if device not in cohort]
     if strangers:
         raise ValueError(f"device {strangers[0]} is not simulated by this SuperNode "
                          f"(devices {cohort.start}..{cohort.stop - 1})")
-    return pairs
+    return devices
+
+
+def _addressed(config: ConfigRecord, cohort: range) -> list[tuple[int, int]]:
+    """The (device, tier) pairs the message addresses."""
+    return list(zip(_devices(config, cohort), (int(tier) for tier in config["device-tiers"])))
 
 
 def _state(context: Context, config: ConfigRecord, cohort: range, up_to_round: int) -> CohortState:
@@ -171,7 +176,7 @@ def query(msg: Message, context: Context) -> Message:
         return Message(content=RecordDict({"profile": profile}), reply_to=msg)
     if question != "nmf":
         raise ValueError(f"unknown query {question!r}")
-    devices = [device for device, _ in _addressed(config, cohort)]
+    devices = _devices(config, cohort)
     saved = record_arrays(context.state["nmf"]) if "nmf" in context.state else {}
     rows = dict(zip(saved.get("devices", []).tolist() if saved else [], saved.get("w", [])))
     first = "gram_h" not in msg.content
@@ -184,5 +189,6 @@ def query(msg: Message, context: Context) -> Message:
     context.state["nmf"] = arrays_record({"devices": np.array(kept, np.int64),
                                           "w": np.stack([rows[d] for d in kept])})
     content = RecordDict({device_key("nmf", device): arrays_record(
-        {"w": w_user, "items": items.astype(np.int32)}) for device, (w_user, items) in steps.items()})
+        {"w": w_user, "items": items.astype(np.int32)})
+        for device, (w_user, items) in steps.items()})
     return Message(content=content, reply_to=msg)

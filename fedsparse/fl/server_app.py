@@ -3,10 +3,10 @@ rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every
 write the results directory.
 
 In a simulation the server checkpoints its state after every round and the devices theirs, so
-a killed run continues exactly (:mod:`fedsparse.federated.checkpoint`). Two entry points run the same
-:func:`run_fleet`: :func:`build_server_app` (config passed by
-closure, for ``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and
-the module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
+a killed run continues exactly (:mod:`fedsparse.federated.checkpoint`). Two entry points run
+the same :func:`run_fleet`: :func:`build_server_app` (config passed by closure, for
+``fedsparse simulate``, whose Flower path leaves ``context.run_config`` empty) and the
+module-level ``app`` for ``flwr run`` and deployments, which reads ``config`` (a TOML path),
 ``overrides`` (``key=value`` pairs separated by ``;``) and ``out`` from the run config.
 """
 
@@ -121,8 +121,7 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
             devices = node_devices[node]
             content = RecordDict({"config": config_record({
                 "question": "nmf", **fleet_identity(cfg), "rank": dim,
-                "devices-per-node": devices_per_node, "devices": devices,
-                "device-tiers": [0] * len(devices)})})
+                "devices-per-node": devices_per_node, "devices": devices})})
             if device_items:
                 content["gram_h"] = arrays_record({"gram_h": gram_h})
                 for device in devices:

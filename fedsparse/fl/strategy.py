@@ -8,10 +8,11 @@ the replies on its own (malformed ones are rejected with a logged reason and cou
 aggregates the accepted ones per entry in ascending device id (never through Flower's dense
 ``FedAvg`` aggregation, which would average index arrays), and every ``fl.mask_interval``
 rounds prunes and regrows the densest tier's mask and re-derives the others from it. Devices
-that report an error (crashed, offline, over budget) or whose SuperNode failed count as failed, replies past ``fl.deadline_seconds`` on
-the simulated clock as late; a round with fewer accepted updates than ``fl.min_success`` of
-its sampled devices is skipped. :meth:`SparseFedStrategy.server_state` and
-:meth:`SparseFedStrategy.restore` carry its state through a checkpoint.
+that report an error (crashed, offline, over budget) or whose SuperNode failed count as
+failed, replies past ``fl.deadline_seconds`` on the simulated clock as late; a round with
+fewer accepted updates than ``fl.min_success`` of its sampled devices is skipped.
+:meth:`SparseFedStrategy.server_state` and :meth:`SparseFedStrategy.restore` carry its state
+through a checkpoint.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from fedsparse.federated.checkpoint import LEDGER_ARRAYS, ServerState
 from fedsparse.federated.fleet import FleetPlan, fleet_identity
 from fedsparse.federated.methods import fleet_method
 from fedsparse.federated.protocol import PAYLOAD_ARRAYS, Expected, RejectedUpdate, decode_update
-from fedsparse.fl.records import (config_record, device_key, message_bytes, record_arrays,
-                                  slice_record)
+from fedsparse.fl.records import config_record, device_key, record_arrays, slice_record
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
@@ -66,6 +66,21 @@ class DeviceLedger:
         zeros = np.zeros(n_devices, dtype=np.int64)
         return cls(up_bytes=zeros.copy(), up_payload_bytes=zeros.copy(), down_bytes=zeros.copy(),
                    messages=zeros.copy(), rounds=zeros.copy(), max_train_bytes=zeros.copy())
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    """One device's part of a training reply: ``kind`` ``"failed"`` (it reported an error),
+    ``"rejected"`` (malformed) or ``"replied"`` (checked and decoded: ``update`` and what it
+    reported), with the bytes of its own records."""
+
+    kind: str
+    up_bytes: int = 0
+    update: SparseUpdate | None = None
+    train_bytes: int = 0
+    payload_bytes: int = 0
+    sim_seconds: float = 0.0
+    loss: float = float("nan")
 
 
 class SparseFedStrategy(Strategy):
@@ -121,7 +136,8 @@ class SparseFedStrategy(Strategy):
 
     def is_mask_round(self, server_round: int) -> bool:
         """Whether the masks move after ``server_round``'s aggregation."""
-        return self.method.grows and is_update_step(server_round, self.cfg.fl.mask_interval, self._end_round())
+        return self.method.grows and is_update_step(server_round, self.cfg.fl.mask_interval,
+                                                    self._end_round())
 
     def _end_round(self) -> int:
         """Last round after which masks may move (``sparse.end_fraction`` of the rounds)."""
@@ -213,7 +229,8 @@ class SparseFedStrategy(Strategy):
         (once per tier) and the config naming them. Each device's ledger counts its own
         records: its tier's slice and the config of a message to it alone."""
         slices: dict[int, ArrayRecord] = {}
-        own_config_bytes: dict[int, int] = {}
+        own_bytes: dict[int, int] = {}     # per tier: a ConfigRecord's bytes depend on its keys
+                                           # and value types only, the same for every device
         by_node: dict[int, list[tuple[int, int]]] = {}
         for device in devices:
             tier = int(self.plan.device_tier[device])
@@ -221,8 +238,8 @@ class SparseFedStrategy(Strategy):
                 slices[tier] = slice_record(self.tier_table(tier))
                 own = config_record({**self._config(server_round, [(device, tier)]),
                                      **(extra or {})})
-                own_config_bytes[tier] = slices[tier].count_bytes() + own.count_bytes()
-            self.ledger.down_bytes[device] += own_config_bytes[tier]
+                own_bytes[tier] = slices[tier].count_bytes() + own.count_bytes()
+            self.ledger.down_bytes[device] += own_bytes[tier]
             self.ledger.messages[device] += 1
             by_node.setdefault(self.device_nodes[device], []).append((device, tier))
         self._sent = {}
@@ -277,18 +294,17 @@ class SparseFedStrategy(Strategy):
                 outcome = self._device_outcome(server_round, device, reply.content)
                 if outcome is None:
                     continue
-                kind, size, detail = outcome
-                up_bytes += size
-                self.ledger.up_bytes[device] += size
-                if kind == "failed":
+                up_bytes += outcome.up_bytes
+                self.ledger.up_bytes[device] += outcome.up_bytes
+                if outcome.kind == "failed":
                     failed += 1
-                elif kind == "rejected":
+                elif outcome.kind == "rejected":
                     rejected += 1
-                elif 0.0 < deadline < float(detail[3]):
+                elif 0.0 < deadline < outcome.sim_seconds:
                     late += 1                          # arrived after the round closed
                 else:
-                    accepted.append(detail[:3])
-                    losses.append((device, detail[4]))
+                    accepted.append((outcome.update, outcome.train_bytes, outcome.payload_bytes))
+                    losses.append((device, outcome.loss))
         required = math.ceil(round(self.cfg.fl.min_success * self.sampled, 9))
         skipped = len(accepted) < required
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
@@ -309,15 +325,14 @@ class SparseFedStrategy(Strategy):
         return None, metrics
 
     def _device_outcome(self, server_round: int, device: int,
-                        content: RecordDict) -> tuple[str, int, tuple] | None:
-        """One device's part of a SuperNode's training reply: ``("failed" | "rejected" |
-        "replied", its bytes up, (update, train bytes, payload bytes, sim seconds, loss))``,
-        or None when the reply holds nothing of it."""
+                        content: RecordDict) -> DeviceOutcome | None:
+        """One device's part of a SuperNode's training reply, checked and decoded, or None
+        when the reply holds nothing of it."""
         error = content.get(device_key("error", device))
         if error is not None:
             logger.log(logging.DEBUG if error["simulated"] else logging.WARNING,
                        "round %d: device %d failed: %s", server_round, device, error["reason"])
-            return "failed", 0, ()
+            return DeviceOutcome("failed")
         update, metrics = (content.get(device_key(kind, device)) for kind in ("update", "reply"))
         if update is None and metrics is None:
             return None
@@ -336,10 +351,11 @@ class SparseFedStrategy(Strategy):
         except RejectedUpdate as exc:
             logger.warning("round %d: rejected the update of device %d: %s", server_round,
                            device, exc)
-            return "rejected", size, ()
-        payload = sum(arrays[key].nbytes for key in PAYLOAD_ARRAYS)
-        return "replied", size, (decoded, train_bytes, payload, float(metrics["sim-seconds"]),
-                                 float(metrics["loss"]))
+            return DeviceOutcome("rejected", up_bytes=size)
+        return DeviceOutcome("replied", up_bytes=size, update=decoded, train_bytes=train_bytes,
+                             payload_bytes=sum(arrays[key].nbytes for key in PAYLOAD_ARRAYS),
+                             sim_seconds=float(metrics["sim-seconds"]),
+                             loss=float(metrics["loss"]))
 
     def _apply(self, accepted: list[tuple[SparseUpdate, int, int]]) -> None:
         """Aggregate the round's accepted updates (update, train bytes, payload bytes) and count

@@ -1,6 +1,8 @@
 """The vectorised cohort trainer against the scalar reference, and its independence of the
 cohort a device trains in."""
 
+import dataclasses
+
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -92,7 +94,7 @@ def test_a_device_trains_the_same_bits_alone_or_in_any_cohort(seed, dim, batch, 
 
 def test_a_device_over_its_budget_does_not_train():
     tasks = _tasks(0, 3, 60, 8, [0.5], 1, 4, 2)
-    tasks[1] = DeviceTask(**{**tasks[1].__dict__, "budget_bytes": 100})
+    tasks[1] = dataclasses.replace(tasks[1], budget_bytes=100)
     results = train_cohort([_fresh(task) for task in tasks])
     assert isinstance(results[1], str) and "over its budget of 100" in results[1]
     assert not isinstance(results[0], str) and not isinstance(results[2], str)
