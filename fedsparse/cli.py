@@ -81,6 +81,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _deploy_local(args: argparse.Namespace) -> int:
+    from fedsparse.federated.fleet import supernode_count
     from fedsparse.fl.deployment import LOG_DIR_NAME, deploy_local
     from fedsparse.report.results import default_run_dir
 
@@ -91,7 +92,8 @@ def _deploy_local(args: argparse.Namespace) -> int:
                           timeout=args.timeout)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     k = cfg.train.topk
-    print(f"{cfg.name}: run {status} on {metrics['devices']} SuperNodes, "
+    nodes = supernode_count(metrics["devices"], cfg.fl.devices_per_node or 1)
+    print(f"{cfg.name}: run {status} on {nodes} SuperNodes ({metrics['devices']} devices), "
           f"recall@{k} {metrics[f'recall@{k}']:.4f}, ndcg@{k} {metrics[f'ndcg@{k}']:.4f}\n"
           f"  results: {out_dir}  logs: {out_dir / LOG_DIR_NAME}")
     return 0

@@ -1,5 +1,5 @@
-"""The fleet on real Flower processes on localhost: a SuperLink, one SuperNode per device, the
-run submitted with ``flwr run`` and checked with ``flwr list``; every process stopped after."""
+"""The fleet on real Flower processes on localhost: a SuperLink, cohort SuperNodes, the run
+submitted with ``flwr run`` and checked with ``flwr list``; every process stopped after."""
 
 import json
 
@@ -21,27 +21,28 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 @pytest.mark.slow
-def test_three_supernodes_run_the_fleet_and_every_process_is_stopped(fleet_config, tmp_path,
-                                                                      capsys):
+def test_three_cohort_supernodes_run_the_fleet_and_every_process_is_stopped(fleet_config,
+                                                                             tmp_path, capsys):
     config = tmp_path / "fleet.toml"
-    # the densest tier sparse too (4 KB): masks come from one federated NMF round trip
-    dump_config(fleet_config("fl.max_devices=3", "fl.nmf_rounds=1",
+    # the densest tier sparse too (4 KB): masks come from one federated NMF round trip;
+    # 8 devices on 3 SuperNodes of 3, 3 and 2
+    dump_config(fleet_config("fl.max_devices=8", "fl.devices_per_node=3", "fl.nmf_rounds=1",
                              "fl.tiers.large.budget_bytes=4000"), config)
     out, flwr_home = tmp_path / "run", tmp_path / "flwr-home"
 
     assert main(["deploy-local", str(config), "--set", "name=deployed", "--out", str(out),
                  "--flwr-home", str(flwr_home), "--timeout", "300"]) == 0
-    assert f"run {COMPLETED} on 3 SuperNodes" in capsys.readouterr().out
+    assert f"run {COMPLETED} on 3 SuperNodes (8 devices)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["devices"] == 3 and metrics["rounds"] == 2
+    assert metrics["devices"] == 8 and metrics["rounds"] == 2
     assert metrics["failed"] == 0 and metrics["rejected"] == 0 and metrics["within_budget"]
     history = pd.read_csv(out / "history.csv")
-    assert history["round"].tolist() == [1, 2] and (history["succeeded"] == 3).all()
+    assert history["round"].tolist() == [1, 2] and (history["succeeded"] == 8).all()
     clients = pd.read_csv(out / "clients.csv")
-    assert clients["device_id"].tolist() == [0, 1, 2]
+    assert clients["device_id"].tolist() == list(range(8))
     assert (clients["rounds_participated"] == 2).all()
     with np.load(out / "model.npz") as model:
-        assert model["user_mask"].any(axis=1).sum() == 3 and "item" in model
+        assert model["user_mask"].any(axis=1).sum() == 8 and "item" in model
     assert 'name = "deployed"' in (out / "config.toml").read_text()     # overrides arrived
     runtime = json.loads((out / "runtime.json").read_text())
     assert runtime["init_seconds"] > 1.0              # an NMF round trip through the SuperNodes
