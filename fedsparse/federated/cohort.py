@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedsparse.sparse import SparseEmbeddingTable
-from fedsparse.train.device import (DeviceUpdate, LocalTraining, UserRow, positives_matrix,
-                                    slice_train_bytes, top_growth, user_row_bytes)
+from fedsparse.train.device import (DeviceUpdate, LocalTraining, UserRow, slice_train_bytes,
+                                    top_growth, user_row_bytes)
 from fedsparse.train.sampling import NegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _prepare(task: DeviceTask, slice_bytes: int, user_bytes: int) -> _Prepared:
     if len(task.positives) == 0:
         raise ValueError(f"device {task.device}: needs at least one training interaction")
     pos = torch.from_numpy(np.asarray(task.positives, dtype=np.int64))           # (P,)
-    sampler = NegativeSampler(positives_matrix(task.positives, n_items))
+    sampler = NegativeSampler.for_items(task.positives, n_items)
     neg = sampler.sample(torch.zeros(len(pos), dtype=torch.long), hp.negatives,
                          task.generator)                                         # (P, N)
     touched = torch.unique(torch.cat([pos, neg.reshape(-1)]))                    # (T,) sorted

@@ -17,12 +17,21 @@ and its metrics (``device``, ``round``, ``tier-index``, ``num-examples``, ``loss
 ``train-bytes``, ``sim-seconds``: its work on the simulated clock). :func:`decode_update`
 checks all of it and raises :class:`RejectedUpdate` with a one-line reason for anything
 malformed.
+
+On the wire, the updates of a SuperNode's devices (one in a deployment) travel packed
+(:func:`pack_updates`): each array of the devices' updates concatenated, flat, in ascending
+device id, with ``devices``, ``n_rows`` and ``n_values`` per device, and each metric as a list.
+:func:`unpack_updates` checks the pack and gives back each device's own arrays and metrics,
+which the server then checks and accounts device by device. :func:`own_bytes` is what a
+device's update costs on its own: the pack of it alone, as a deployed device sends it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import io
 
 import numpy as np
 
@@ -166,3 +175,101 @@ def decode_update(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, int | 
     return SparseUpdate(device=expected.device, weight=weight, entries=entries,
                         values=values.astype(np.float32), grow_entries=grow_entries[order],
                         grow_scores=scores[live][order])
+
+
+def npy_bytes(array: np.ndarray) -> int:
+    """Bytes of ``array`` serialised in NumPy's ``.npy`` format (header and data), as engines
+    carry arrays (Flower's ``Array``)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return len(header.getvalue()) + array.nbytes
+
+
+def own_bytes(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, int | float]) -> int:
+    """Bytes of one device's update on its own: the pack of it alone (what a deployed device
+    sends), each array in ``.npy`` format plus its key, each metric value 8 bytes plus the
+    key's (how Flower's ``count_bytes`` counts an ``ArrayRecord`` and a ``MetricRecord``; a
+    test checks it)."""
+    packed, listed = pack_updates({0: (dict(arrays), dict(metrics))})
+    return (sum(npy_bytes(array) + len(key) for key, array in packed.items())
+            + sum(8 * len(values) + len(key) for key, values in listed.items()))
+
+
+def pack_updates(updates: dict[int, tuple[dict[str, np.ndarray], dict[str, int | float]]]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """The updates of several devices (device -> its arrays and metrics, as
+    :func:`encode_update` and :func:`reply_metrics` give them) as one pack: each array
+    concatenated in ascending device id (the (T, k) growth arrays flattened), and one list per
+    metric."""
+    devices = sorted(updates)
+    parts = [updates[device] for device in devices]
+    arrays = {"devices": np.array(devices, np.int64),
+              "n_rows": np.array([len(a["rows"]) for a, _ in parts], np.int32),
+              "n_values": np.array([len(a["values"]) for a, _ in parts], np.int32)}
+    for key in sorted({key for a, _ in parts for key in a}):
+        pieces = [a[key] for a, _ in parts if key in a]
+        if UPDATE_ARRAYS.get(key, (None, 1))[1] == 2:
+            pieces = [piece.reshape(-1) for piece in pieces]
+        arrays[key] = np.concatenate(pieces)
+    metrics = {key: [m[key] for _, m in parts] for key in REPLY_METRICS
+               if all(key in m for _, m in parts)}
+    return arrays, metrics
+
+
+def _spans(counts: np.ndarray) -> list[slice]:
+    ends = np.cumsum(counts)
+    return [slice(int(end - count), int(end)) for end, count in zip(ends, counts)]
+
+
+def unpack_updates(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, list],
+                   topk: Mapping[int, int]) -> dict[int, tuple[dict[str, np.ndarray],
+                                                              dict[str, int | float]]]:
+    """Each device's own arrays and metrics from a pack (:func:`pack_updates`); ``topk``
+    maps each device the pack may hold to the growth scores per touched row it must send.
+
+    Raises
+    ------
+    RejectedUpdate
+        The pack itself is malformed (a missing or extra array or metric, a wrong dtype or
+        rank, counts that do not add up, a device that was not asked): none of its devices'
+        updates can be trusted.
+    """
+    expected = {"devices": np.int64, "n_rows": np.int32, "n_values": np.int32,
+                **{key: dtype for key, (dtype, _) in UPDATE_ARRAYS.items()}}
+    missing = [key for key in expected if key not in arrays]
+    extra = sorted(set(arrays) - set(expected))
+    if missing:
+        raise RejectedUpdate(f"missing array {missing[0]!r}")
+    if extra:
+        raise RejectedUpdate(f"unexpected array {extra[0]!r}")
+    for key, dtype in expected.items():
+        if arrays[key].dtype != dtype:
+            raise RejectedUpdate(f"{key}: dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+        if arrays[key].ndim != 1:
+            raise RejectedUpdate(f"{key}: {arrays[key].ndim}-D, expected 1-D")
+    devices = arrays["devices"].tolist()
+    if any(device not in topk for device in devices) or len(set(devices)) != len(devices):
+        raise RejectedUpdate(f"devices {devices[:3]}: unknown or repeated")
+    n_rows, n_values = arrays["n_rows"].astype(np.int64), arrays["n_values"].astype(np.int64)
+    if not len(n_rows) == len(n_values) == len(devices) or min(n_rows.min(initial=0),
+                                                               n_values.min(initial=0)) < 0:
+        raise RejectedUpdate("n_rows, n_values: one count >= 0 per device expected")
+    ks = np.array([topk[device] for device in devices], dtype=np.int64)
+    for key, want in (("rows", n_rows.sum()), ("values", n_values.sum()),
+                      ("grow_cols", (n_rows * ks).sum()), ("grow_scores", (n_rows * ks).sum()),
+                      ("grow_scale", len(devices))):
+        if len(arrays[key]) != want:
+            raise RejectedUpdate(f"{key}: shape {arrays[key].shape}, expected ({want},)")
+    for key in REPLY_METRICS:
+        if key not in metrics:
+            raise RejectedUpdate(f"missing metric {key!r}")
+        if len(metrics[key]) != len(devices):
+            raise RejectedUpdate(f"metric {key!r}: {len(metrics[key])} values for "
+                                 f"{len(devices)} devices")
+    rows, values, grow = _spans(n_rows), _spans(n_values), _spans(n_rows * ks)
+    return {device: ({"rows": arrays["rows"][rows[i]], "values": arrays["values"][values[i]],
+                      "grow_cols": arrays["grow_cols"][grow[i]].reshape(n_rows[i], ks[i]),
+                      "grow_scores": arrays["grow_scores"][grow[i]].reshape(n_rows[i], ks[i]),
+                      "grow_scale": arrays["grow_scale"][i:i + 1]},
+                     {key: metrics[key][i] for key in REPLY_METRICS})
+            for i, device in enumerate(devices)}

@@ -35,6 +35,7 @@ from fedsparse.federated.devices import (CohortState, TrainRound, evaluate_devic
                                          train_devices)
 from fedsparse.federated.faults import FaultModel
 from fedsparse.federated.fleet import cohort_of, fleet_users
+from fedsparse.federated.protocol import pack_updates
 from fedsparse.fl.records import arrays_record, device_key, record_arrays, slice_from_record
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.train.device import LocalTraining
@@ -133,13 +134,16 @@ def train(msg: Message, context: Context) -> Message:
     if "state-dir" in config and any(reply.error == "" for reply in replies.values()):
         persist_cohort_state(str(config["state-dir"]), server_round, state.arrays())
     content = RecordDict()
-    for device, reply in replies.items():
-        if reply.error:
-            content[device_key("error", device)] = ConfigRecord(
-                {"reason": reply.error, "simulated": reply.simulated_fault})
-        else:
-            content[device_key("update", device)] = arrays_record(reply.arrays)
-            content[device_key("reply", device)] = MetricRecord(reply.metrics)
+    failed = sorted(device for device, reply in replies.items() if reply.error)
+    if failed:
+        content["errors"] = ConfigRecord({
+            "devices": failed, "reasons": [replies[device].error for device in failed],
+            "simulated": [replies[device].simulated_fault for device in failed]})
+    updates = {device: (reply.arrays, reply.metrics) for device, reply in replies.items()
+               if not reply.error}
+    if updates:
+        arrays, metrics = pack_updates(updates)
+        content["updates"], content["replies"] = arrays_record(arrays), MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
 
 

@@ -33,8 +33,10 @@ from fedsparse.config import ExperimentConfig
 from fedsparse.federated.checkpoint import LEDGER_ARRAYS, ServerState
 from fedsparse.federated.fleet import FleetPlan, fleet_identity
 from fedsparse.federated.methods import fleet_method
-from fedsparse.federated.protocol import PAYLOAD_ARRAYS, Expected, RejectedUpdate, decode_update
-from fedsparse.fl.records import config_record, device_key, record_arrays, slice_record
+from fedsparse.federated.protocol import (PAYLOAD_ARRAYS, Expected, RejectedUpdate,
+                                          decode_update, own_bytes, unpack_updates)
+from fedsparse.fl.records import (config_record, device_key, message_bytes, record_arrays,
+                                  slice_record)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
@@ -290,10 +292,7 @@ class SparseFedStrategy(Strategy):
                 logger.warning("round %d: devices %s failed: %s", server_round, self._sent[node],
                                reply.error.reason)
                 continue
-            for device in self._sent[node]:
-                outcome = self._device_outcome(server_round, device, reply.content)
-                if outcome is None:
-                    continue
+            for device, outcome in self._node_outcomes(server_round, node, reply.content).items():
                 up_bytes += outcome.up_bytes
                 self.ledger.up_bytes[device] += outcome.up_bytes
                 if outcome.kind == "failed":
@@ -324,25 +323,48 @@ class SparseFedStrategy(Strategy):
                                 "moved": moved})
         return None, metrics
 
-    def _device_outcome(self, server_round: int, device: int,
-                        content: RecordDict) -> DeviceOutcome | None:
-        """One device's part of a SuperNode's training reply, checked and decoded, or None
-        when the reply holds nothing of it."""
-        error = content.get(device_key("error", device))
-        if error is not None:
-            logger.log(logging.DEBUG if error["simulated"] else logging.WARNING,
-                       "round %d: device %d failed: %s", server_round, device, error["reason"])
-            return DeviceOutcome("failed")
-        update, metrics = (content.get(device_key(kind, device)) for kind in ("update", "reply"))
-        if update is None and metrics is None:
-            return None
-        size = sum(record.count_bytes() for record in (update, metrics) if record is not None)
+    def _node_outcomes(self, server_round: int, node: int,
+                       content: RecordDict) -> dict[int, DeviceOutcome]:
+        """Each device's part of a SuperNode's training reply (devices it was sent and that
+        the reply names), checked and decoded device by device. A malformed pack rejects all
+        its devices, which share its bytes."""
+        sent = self._sent[node]
+        outcomes = {}
+        errors = content.get("errors")
+        if errors is not None:
+            for device, reason, simulated in zip(errors["devices"], errors["reasons"],
+                                                 errors["simulated"]):
+                if int(device) in sent:
+                    logger.log(logging.DEBUG if simulated else logging.WARNING,
+                               "round %d: device %d failed: %s", server_round, device, reason)
+                    outcomes[int(device)] = DeviceOutcome("failed")
+        if "updates" not in content and "replies" not in content:
+            return outcomes
         try:
-            if not isinstance(update, ArrayRecord) or not isinstance(metrics, MetricRecord):
-                raise RejectedUpdate("update or metrics missing, or of the wrong kind")
+            updates, replies = content.get("updates"), content.get("replies")
+            if not isinstance(updates, ArrayRecord) or not isinstance(replies, MetricRecord):
+                raise RejectedUpdate("updates or replies missing, or of the wrong kind")
+            topk = {device: self.growth_topk(int(self.plan.device_tier[device]))
+                    for device in sent if device not in outcomes}
+            unpacked = unpack_updates(record_arrays(updates), dict(replies), topk)
+        except RejectedUpdate as exc:
+            pending = [device for device in sent if device not in outcomes]
+            logger.warning("round %d: rejected the updates of devices %s: %s", server_round,
+                           pending, exc)
+            share = message_bytes(content) // max(1, len(pending))
+            return {**outcomes, **{device: DeviceOutcome("rejected", up_bytes=share)
+                                   for device in pending}}
+        for device, (arrays, metrics) in unpacked.items():
+            outcomes[device] = self._device_outcome(server_round, device, arrays, metrics)
+        return outcomes
+
+    def _device_outcome(self, server_round: int, device: int, arrays: dict[str, np.ndarray],
+                        metrics: dict[str, int | float]) -> DeviceOutcome:
+        """One device's update, checked against what it was sent and decoded."""
+        size = own_bytes(arrays, metrics)
+        try:
             tier = int(self.plan.device_tier[device])
-            arrays = record_arrays(update)
-            decoded = decode_update(arrays, dict(metrics), Expected(
+            decoded = decode_update(arrays, metrics, Expected(
                 device=device, server_round=server_round, tier_index=tier,
                 tier_mask=self.masks[tier], topk=self.growth_topk(tier)))
             train_bytes = int(metrics["train-bytes"])

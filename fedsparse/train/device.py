@@ -140,7 +140,7 @@ def device_reserve_bytes(dim: int, max_touched_rows: int) -> int:
     return user_row_bytes(dim) + torch.zeros(max_touched_rows, dim).nbytes
 
 
-def positives_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
+def _positives_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
     """A (1, n_items) binary row with ones at ``items``."""
     return binary_matrix(np.zeros(len(items), dtype=np.int64), items, (1, n_items))
 
@@ -197,7 +197,7 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
         raise ValueError("a device needs at least one training interaction to train")
     n_items, dim = item_table.n_rows, item_table.dim
     pos = torch.from_numpy(np.asarray(positives, dtype=np.int64))                 # (P,)
-    sampler = NegativeSampler(positives_matrix(positives, n_items))
+    sampler = NegativeSampler.for_items(positives, n_items)
     neg = sampler.sample(torch.zeros(len(pos), dtype=torch.long), hp.negatives, generator)  # (P, N)
     touched = torch.unique(torch.cat([pos, neg.reshape(-1)]))                     # (T,) sorted
     growth = torch.zeros(len(touched), dim)                                       # (T, d)
@@ -262,5 +262,5 @@ def evaluate_device(item_table: SparseEmbeddingTable, user: UserRow, positives: 
     n_items = item_table.n_rows
     with torch.no_grad():
         items = item_table.to_dense()                                             # (n_items, d)
-    return evaluate_embeddings(user.values[None, :], items, positives_matrix(positives, n_items),
-                               positives_matrix(test_items, n_items), ks=(k,))
+    return evaluate_embeddings(user.values[None, :], items, _positives_matrix(positives, n_items),
+                               _positives_matrix(test_items, n_items), ks=(k,))

@@ -22,6 +22,15 @@ class NegativeSampler:
         self._positive_keys = torch.from_numpy(np.sort(keys))
         self.max_redraws = max_redraws
 
+    @classmethod
+    def for_items(cls, items: np.ndarray, n_items: int, max_redraws: int = 10) -> NegativeSampler:
+        """The sampler of one user (user 0) whose training positives are ``items``: the same
+        sampler as from a (1, n_items) matrix of them, without building the matrix."""
+        sampler = cls.__new__(cls)
+        sampler.n_items, sampler.max_redraws = n_items, max_redraws
+        sampler._positive_keys = torch.from_numpy(np.unique(np.asarray(items, dtype=np.int64)))
+        return sampler
+
     def _is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         keys = users * self.n_items + items
         if self._positive_keys.numel() == 0:

@@ -3,14 +3,15 @@ SuperNode, and each device's bytes are those of a message to it alone."""
 
 import numpy as np
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import Context, MetricRecord, RecordDict
 
 from fedsparse.cli import main
 from fedsparse.config import dump_config
 from fedsparse.data import load_dataset
 from fedsparse.federated.fleet import cohort_of, plan_fleet
 from fedsparse.fl.client_app import train
-from fedsparse.fl.records import message_bytes
+from fedsparse.federated.protocol import pack_updates, unpack_updates
+from fedsparse.fl.records import arrays_record, message_bytes, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import generator_for
 from fedsparse.sparse.masks import random_mask
@@ -74,9 +75,13 @@ def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identi
     _, counts = together.aggregate_train(1, replies)
     assert counts["succeeded"] == 24
     for reply in replies:
-        for device in together._sent[reply.metadata.src_node_id]:
-            own = RecordDict({key: reply.content[f"{key}.{device}"] for key in ("update", "reply")})
-            assert together.ledger.up_bytes[device] == message_bytes(own)
+        arrays, metrics = record_arrays(reply.content["updates"]), dict(reply.content["replies"])
+        unpacked = unpack_updates(arrays, metrics, {device: 2 for device in arrays["devices"]})
+        for device, (own_arrays, own_metrics) in unpacked.items():
+            alone = pack_updates({device: (own_arrays, own_metrics)})
+            message = RecordDict({"updates": arrays_record(alone[0]),
+                                  "replies": MetricRecord(alone[1])})
+            assert together.ledger.up_bytes[device] == message_bytes(message)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -11,7 +11,8 @@ from flwr.app import (Array, Context, Error, Message, MessageType, MetricRecord,
 from fedsparse.data import load_dataset
 from fedsparse.federated.devices import CohortState
 from fedsparse.federated.fleet import plan_fleet
-from fedsparse.federated.protocol import Expected, decode_update, encode_update, reply_metrics
+from fedsparse.federated.protocol import (Expected, decode_update, encode_update, pack_updates,
+                                          reply_metrics, unpack_updates)
 from fedsparse.fl.client_app import evaluate, train
 from fedsparse.fl.records import arrays_record, record_arrays, slice_from_record, slice_record
 from fedsparse.fl.strategy import SparseFedStrategy
@@ -145,14 +146,17 @@ def trained_round(server_identity, fleet_config, fleet_data):
 
 
 def _tamper(reply, mutate):
+    """The reply with its one device's arrays and metrics changed by ``mutate``, repacked."""
     device = reply.metadata.src_node_id - 100
-    arrays = record_arrays(reply.content[f"update.{device}"])
-    metrics = dict(reply.content[f"reply.{device}"])
+    packed = record_arrays(reply.content["updates"])
+    [(arrays, metrics)] = unpack_updates(packed, dict(reply.content["replies"]),
+                                         {device: 2}).values()     # the fleet's fl.growth_topk
     mutate(arrays, metrics)
+    arrays, metrics = pack_updates({device: (arrays, metrics)})
     sent = Message(content=RecordDict({}), dst_node_id=reply.metadata.src_node_id,
                    message_type=MessageType.TRAIN)
-    return Message(content=RecordDict({f"update.{device}": arrays_record(arrays),
-                                       f"reply.{device}": MetricRecord(metrics)}), reply_to=sent)
+    return Message(content=RecordDict({"updates": arrays_record(arrays),
+                                       "replies": MetricRecord(metrics)}), reply_to=sent)
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
@@ -230,7 +234,7 @@ def _with_fleet(strategy, **changes):
 
 
 def _sim_seconds(reply):
-    return float(reply.content[f"reply.{reply.metadata.src_node_id - 100}"]["sim-seconds"])
+    return float(reply.content["replies"]["sim-seconds"][0])
 
 
 def test_replies_past_the_deadline_count_as_late(trained_round):
@@ -276,11 +280,12 @@ def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_confi
                           node_config={"partition-id": device}, state=RecordDict(),
                           run_config={})
         reply = train(message, context)
-        crashed = f"error.{device}" in reply.content
+        crashed = "errors" in reply.content
         outcomes.append(crashed)
         if crashed:
-            assert reply.content[f"error.{device}"]["simulated"]
-            assert f"update.{device}" not in reply.content
+            assert list(reply.content["errors"]["devices"]) == [device]
+            assert reply.content["errors"]["simulated"] == [True]
+            assert "updates" not in reply.content
             kept = CohortState.from_arrays(record_arrays(context.state["cohort"]))
             fresh = CohortState.initial([device], cfg.seed, cfg.model.dim, cfg.model.init_std)
             assert np.array_equal(kept.values, fresh.values) and kept.step[0] == 0
