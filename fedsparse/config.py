@@ -155,7 +155,9 @@ class FleetConfig:
                               doc="federated NMF iterations (one query round trip each)")
     eval_every: int = _option(0, low=0, doc="evaluate every this many rounds (0: at the end only)")
     tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
-    num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine)")
+    num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine); "
+                                          "with fl.ray_address, the cluster's CPUs, over which "
+                                          "auto cohorts are spread")
     client_cpus: float = _option(1.0, low=0.0, open_low=True, doc="CPUs per client actor")
     devices_per_node: int = _option(0, low=0,
                                     doc="devices one SuperNode simulates, trained together (0: "

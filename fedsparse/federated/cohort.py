@@ -183,14 +183,15 @@ def train_cohort(tasks: list[DeviceTask], *,
 
 
 def _adam(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, lr: float,
-          step: int | np.ndarray) -> None:
+          step: int | np.ndarray, scratch: Tensor | None = None) -> None:
     """torch.optim.Adam's update (defaults, no weight decay) in place, with one step count
     (``step`` an int >= 1, as torch computes it) or one per row of ``param`` (n, d) (``step``
-    (n,) >= 1; the bias corrections are then float32 tensors)."""
+    (n,) >= 1; the bias corrections are then float32 tensors). ``scratch``, shaped like
+    ``param``, holds the denominator instead of a new tensor (the same arithmetic)."""
     exp_avg.lerp_(grad, 1 - BETA1)
     exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
     if isinstance(step, int):
-        denom = (exp_avg_sq.sqrt() / (1 - BETA2 ** step) ** 0.5).add_(EPS)
+        denom = torch.sqrt(exp_avg_sq, out=scratch).div_((1 - BETA2 ** step) ** 0.5).add_(EPS)
         param.addcdiv_(exp_avg, denom, value=-lr / (1 - BETA1 ** step))
         return
     step = step.astype(np.float64)
@@ -215,7 +216,8 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
     values = F.pad(torch.cat([dense[id(d.task.item_table)][0][d.touched]
                               for d in devices]), pad)                            # (R, D)
     mask = F.pad(torch.cat([dense[id(d.task.item_table)][1][d.touched] for d in devices]), pad)
-    exp_avg, exp_avg_sq, growth = (torch.zeros_like(values) for _ in range(3))
+    exp_avg, exp_avg_sq, growth, grad_buffer, scratch = (torch.zeros_like(values)
+                                                         for _ in range(5))
 
     def user_stack(field: str) -> Tensor:                                         # (C, D)
         return F.pad(torch.from_numpy(np.stack([getattr(d.task.user, field) for d in devices])),
@@ -250,12 +252,15 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
         block = slice(first, first + n)
         first += n
         n_rows = int(row_end[n - 1])
-        item_leaf = values[:n_rows].detach().requires_grad_()                     # (R_t, d)
-        user_leaf = users[:n].detach().requires_grad_()                           # (n, d)
+        step_pos, step_neg = pos_rows[block], neg_rows[block]                     # (n, B), (n, B, N)
+        batch_rows, local = torch.unique(torch.cat([step_pos.reshape(-1), step_neg.reshape(-1)]),
+                                         return_inverse=True)                    # (U,), (n B (1+N),)
+        item_leaf = values[batch_rows].requires_grad_()                           # (U, D)
+        user_leaf = users[:n].detach().requires_grad_()                           # (n, D)
         ok = valid[block]                                                         # (n, B)
         size = ok.sum(1).to(torch.float32)                                        # (n,)
-        pos_vecs = item_leaf[pos_rows[block]]                                     # (n, B, d)
-        neg_vecs = item_leaf[neg_rows[block]]                                     # (n, B, N, d)
+        pos_vecs = item_leaf[local[:step_pos.numel()].reshape(step_pos.shape)]    # (n, B, D)
+        neg_vecs = item_leaf[local[step_pos.numel():].reshape(step_neg.shape)]    # (n, B, N, D)
         pos_scores = (user_leaf.unsqueeze(1) * pos_vecs).sum(-1)                  # (n, B)
         neg_scores = (user_leaf[:, None, None, :] * neg_vecs).sum(-1)             # (n, B, N)
         bpr = (_padded_softplus(neg_scores - pos_scores.unsqueeze(2)) * ok.unsqueeze(2)).sum((1, 2))
@@ -264,11 +269,13 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
                    + (neg_vecs.pow(2).sum(-1) * ok.unsqueeze(2)).sum((1, 2)) / negatives)
         loss = bpr / (size * negatives) + hp.l2 * 0.5 * squared / size             # (n,)
         loss.sum().backward()
-        with torch.no_grad():
-            grad = item_leaf.grad                                                 # (R_t, d)
-            growth[:n_rows] += grad.abs().masked_fill_(mask[:n_rows], 0.0)
-            grad.masked_fill_(~mask[:n_rows], 0.0)
-            _adam(values[:n_rows], grad, exp_avg[:n_rows], exp_avg_sq[:n_rows], hp.lr, t + 1)
+        with torch.no_grad():               # only the batch's rows have a gradient
+            batch_grad, batch_mask = item_leaf.grad, mask[batch_rows]             # (U, D) each
+            growth[batch_rows] += batch_grad.abs().masked_fill_(batch_mask, 0.0)
+            grad = grad_buffer[:n_rows].zero_()                                   # (R_t, D)
+            grad[batch_rows] = batch_grad.masked_fill_(~batch_mask, 0.0)
+            _adam(values[:n_rows], grad, exp_avg[:n_rows], exp_avg_sq[:n_rows], hp.lr, t + 1,
+                  scratch=scratch[:n_rows])
             user_step[:n] += 1
             _adam(users[:n], user_leaf.grad, user_avg[:n], user_avg_sq[:n], hp.lr, user_step[:n])
             last_epoch = t >= per_epoch[:n] * (hp.local_epochs - 1)

@@ -21,7 +21,7 @@ from fedsparse.federated.protocol import encode_update, reply_metrics
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_user_step
-from fedsparse.train.device import LocalTraining, UserRow, evaluate_device, model_bytes
+from fedsparse.train.device import LocalTraining, UserRow, model_bytes, rank_with_items
 
 
 @dataclass
@@ -154,12 +154,13 @@ def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortStat
     measured model bytes and how many test items it has."""
     results = {}
     with torch.no_grad():
+        dense = {tier: table.to_dense() for tier, table in tables.items()}       # (n_items, d)
         for device, tier in devices:
             user_id, row = int(users[device]), state.row(device)
             test_items = items_of(data, "test", user_id)
             metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
             if len(test_items):
-                metrics = evaluate_device(tables[tier], row, items_of(data, "train", user_id),
+                metrics = rank_with_items(dense[tier], row, items_of(data, "train", user_id),
                                           test_items, k=k)
             results[device] = {**{key: float(value) for key, value in metrics.items()},
                                "model-bytes": model_bytes(tables[tier], row),

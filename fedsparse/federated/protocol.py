@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import io
+from functools import lru_cache
 
 import numpy as np
 
@@ -180,9 +181,16 @@ def decode_update(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, int | 
 def npy_bytes(array: np.ndarray) -> int:
     """Bytes of ``array`` serialised in NumPy's ``.npy`` format (header and data), as engines
     carry arrays (Flower's ``Array``)."""
+    return _npy_header_bytes(array.dtype.str, array.shape) + array.nbytes
+
+
+@lru_cache(maxsize=65536)
+def _npy_header_bytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of the ``.npy`` header of a C-ordered array (it depends on dtype and shape only)."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    return len(header.getvalue()) + array.nbytes
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False,
+                                                  "shape": shape})
+    return len(header.getvalue())
 
 
 def own_bytes(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, int | float]) -> int:

@@ -259,8 +259,14 @@ def evaluate_device(item_table: SparseEmbeddingTable, user: UserRow, positives: 
 
     Its training positives are masked out of the ranking (DESIGN section 5).
     """
-    n_items = item_table.n_rows
     with torch.no_grad():
-        items = item_table.to_dense()                                             # (n_items, d)
+        return rank_with_items(item_table.to_dense(), user, positives, test_items, k=k)
+
+
+def rank_with_items(items: Tensor, user: UserRow, positives: np.ndarray, test_items: np.ndarray,
+                    *, k: int) -> dict[str, float]:
+    """:func:`evaluate_device` with the slice's dense view ``items`` (n_items, d) given (one
+    view serves every device of a tier)."""
+    n_items = len(items)
     return evaluate_embeddings(user.values[None, :], items, _positives_matrix(positives, n_items),
                                _positives_matrix(test_items, n_items), ks=(k,))
