@@ -268,7 +268,7 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
                 f"devices succeeded (last: {row['succeeded']} of {row['sampled']})")
     run = FleetRun(cfg=cfg, plan=plan, data=data, item=strategy.item, masks=strategy.masks,
                    ledger=strategy.ledger, history=pd.DataFrame(history),
-                   init_seconds=init_seconds)
+                   init_seconds=init_seconds, devices_per_node=devices_per_node)
     write_fleet_run(out_dir, run)
     return run
 

@@ -43,7 +43,9 @@ def run_flower_simulation(server_app: ServerApp, app: ClientApp, num_supernodes:
     and ``num_cpus`` for a Ray instance of its own, or the running Ray cluster at
     ``ray_address`` (whose nodes bring their own CPUs)."""
     init_args: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
-    init_args.update({"address": ray_address} if ray_address else {"num_cpus": num_cpus})
+    # "local": a Ray of its own even where a cluster runs on this machine (Ray would join it)
+    init_args.update({"address": ray_address} if ray_address else
+                     {"address": "local", "num_cpus": num_cpus})
     backend_config = {"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
                       "init_args": init_args}
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # quiets a Ray warning

@@ -3,7 +3,8 @@
 ``config.toml``, ``metrics.json`` (fleet mean and per-tier Recall@K / NDCG@K, densities,
 bytes), ``history.csv`` (one row per round), ``clients.csv`` (one row per device),
 ``model.npz`` (global ``item`` table, ``item_mask_<tier>`` per tier, ``user`` rows of the
-devices with ``user_mask``), ``runtime.json`` (wall-clock seconds and peak memory) and
+devices with ``user_mask``), ``runtime.json`` (wall-clock seconds, peak memory, devices per
+SuperNode) and
 ``memory_vs_accuracy.png``. ``metrics.json``, ``clients.csv`` and ``model.npz`` depend only
 on the config and seed: a resumed run writes them byte for byte as an uninterrupted one.
 """
@@ -42,6 +43,7 @@ class FleetRun:
     ledger: Any
     history: pd.DataFrame
     init_seconds: float
+    devices_per_node: int = 1
 
 
 def clients_table(run: FleetRun) -> pd.DataFrame:
@@ -117,10 +119,11 @@ def fleet_metrics(run: FleetRun, clients: pd.DataFrame) -> dict[str, Any]:
 
 def runtime(run: FleetRun) -> dict[str, float]:
     """What differs between two runs of the same config: wall-clock seconds (median per
-    round, mask initialisation) and the process's peak memory."""
+    round, mask initialisation), the process's peak memory and the devices per SuperNode
+    (auto resolves by the machine)."""
     seconds = run.history["seconds"] if len(run.history) else pd.Series([0.0])
     return {"seconds_per_round": float(np.median(seconds)), "init_seconds": run.init_seconds,
-            "peak_memory_mb": peak_memory_mb()}
+            "peak_memory_mb": peak_memory_mb(), "devices_per_node": run.devices_per_node}
 
 
 def model_arrays(run: FleetRun) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 Every round sends one empty TRAIN message to each of N virtual SuperNodes, whose ClientApp
 replies at once, on the same backend settings as ``fedsparse simulate`` (Ray, 1 CPU per
-client). Writes ``results/<name>/metrics.json`` with the median seconds per round.
+client). Writes ``results/<name>/metrics.json`` (or ``--out DIR``) with the median seconds
+per round.
 
 Usage: python simulations/fleet_memory_accuracy/bare_flower.py --devices 1878 --rounds 5
 """
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=0,
                         help="nodes sampled per round, seeded (0: all)")
     parser.add_argument("--name", default="bare_flower")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default: results/<name> beside this script)")
     args = parser.parse_args()
     seconds: list[float] = []
     server_app = ServerApp()
@@ -64,7 +67,7 @@ def main() -> None:
 
     run_flower_simulation(server_app, client_app, args.devices, num_cpus=os.cpu_count() or 1,
                           client_cpus=1.0)
-    out = HERE / "results" / args.name
+    out = args.out or HERE / "results" / args.name
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"devices": args.devices, "per_round": args.per_round or args.devices,
                "rounds": args.rounds,

@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Fleet throughput on the bundled LastFM fleet: one device per SuperNode against auto cohorts
-# (the fleet spread over the client actors), the same config otherwise, one run after the
-# other with nothing else on the machine. Results (without model.npz and checkpoints) go to
-# simulations/fleet_throughput/results/<name>/; then `python simulations/fleet_throughput/report.py`.
+# Fleet throughput, one run after the other with nothing else on the machine:
+# - the bundled LastFM fleet (1,878 devices, every device every round): auto cohorts (the
+#   fleet spread over the client actors) and one device per SuperNode, the same config;
+# - Gowalla at full scale (configs/fleets/gowalla_full.toml: 29,858 devices, 40,981 items):
+#   sampled rounds of 3,000 devices, and one round of every device;
+# - bare Flower (empty messages) at the SuperNode counts of those runs.
+# Every run under peak_rss.py (peak resident memory of all its processes). Results (without
+# model.npz and checkpoints) go to simulations/fleet_throughput/results/<name>/; then
+# `python simulations/fleet_throughput/report.py`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
+here=simulations/fleet_throughput
 out=${OUT:-/tmp/fleet_throughput}
-results=simulations/fleet_throughput/results
-rm -rf "$out"; mkdir -p "$out" "$results"
-run() {   # name, rounds, devices per node
-  fedsparse simulate configs/fleets/lastfm.toml --out "$out/$1" --set "fl.rounds=$2" \
-      --set "fl.devices_per_node=$3" --set fl.nmf_rounds=2
-  mkdir -p "$results/$1"
-  cp "$out/$1"/{metrics.json,history.csv,runtime.json,config.toml} "$results/$1/"
+rm -rf "$out"; mkdir -p "$out" "$here/results"
+run() {   # name, config, then --set overrides
+  local name=$1 config=$2; shift 2
+  mkdir -p "$here/results/$name"
+  python "$here/peak_rss.py" "$here/results/$name/peak_rss.json" -- \
+      fedsparse simulate "$config" --out "$out/$name" "$@"
+  cp "$out/$name"/{metrics.json,history.csv,runtime.json,config.toml} "$here/results/$name/"
 }
-run lastfm_auto 10 0
-run lastfm_one_per_node 3 1
+bare() {  # name, SuperNodes
+  python simulations/fleet_memory_accuracy/bare_flower.py --devices "$2" --rounds 5 \
+      --out "$here/results/$1"
+}
+run lastfm_auto configs/fleets/lastfm.toml --set fl.rounds=10 --set fl.nmf_rounds=2
+run lastfm_one_per_node configs/fleets/lastfm.toml --set fl.rounds=3 --set fl.nmf_rounds=2 \
+    --set fl.devices_per_node=1
+run gowalla_sampled configs/fleets/gowalla_full.toml --set fl.rounds=5 --set fl.nmf_rounds=1 \
+    --set fl.eval_every=0
+run gowalla_all configs/fleets/gowalla_full.toml --set fl.rounds=1 --set fl.nmf_rounds=1 \
+    --set fl.clients_per_round=0
+bare bare_flower_2 2
+bare bare_flower_1878 1878
