@@ -1,1 +1,4 @@
-"""The engine-neutral federated algorithm (no Flower, no Ray; DESIGN section 2)."""
+"""The engine-neutral federated algorithm (no Flower, no Ray; DESIGN section 2): the fleet
+plan and tiers (``fleet``), what each method means (``methods``), faults, the wire protocol
+(``protocol``), the device half (``devices``, with the vectorised ``cohort`` trainer), the
+server half (``server``), the round loop (``rounds``) and checkpoints."""

@@ -252,9 +252,9 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
         block = slice(first, first + n)
         first += n
         n_rows = int(row_end[n - 1])
-        step_pos, step_neg = pos_rows[block], neg_rows[block]                     # (n, B), (n, B, N)
+        step_pos, step_neg = pos_rows[block], neg_rows[block]             # (n, B), (n, B, N)
         batch_rows, local = torch.unique(torch.cat([step_pos.reshape(-1), step_neg.reshape(-1)]),
-                                         return_inverse=True)                    # (U,), (n B (1+N),)
+                                         return_inverse=True)            # (U,), (n B (1 + N),)
         item_leaf = values[batch_rows].requires_grad_()                           # (U, D)
         user_leaf = users[:n].detach().requires_grad_()                           # (n, D)
         ok = valid[block]                                                         # (n, B)

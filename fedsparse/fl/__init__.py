@@ -1,3 +1,4 @@
-"""The Flower adapter: the only package that imports ``flwr`` (records, strategy, ClientApp,
-ServerApp, fleet plan, simulation launcher). Import its modules directly; this package file
-imports nothing, so ``fedsparse.federated.fleet`` stays usable without starting Flower."""
+"""The Flower glue, the only package that imports ``flwr``: records <-> the engine-neutral
+protocol (:mod:`fedsparse.federated`), the strategy around its server half, the ClientApp
+around its device half, the ServerApp entry, the simulation and deployment launchers. Import
+its modules directly; this package file imports nothing."""

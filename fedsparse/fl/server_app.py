@@ -1,6 +1,8 @@
 """The ServerApp: profile the fleet, initialise the masks (federated NMF or random), run the
-rounds through :class:`~fedsparse.fl.strategy.SparseFedStrategy`, evaluate every device and
-write the results directory.
+rounds (:func:`~fedsparse.federated.rounds.run_rounds`) of the server half
+(:class:`~fedsparse.federated.server.FleetServer`) through its Flower strategy
+(:class:`~fedsparse.fl.strategy.SparseFedStrategy`), evaluate every device and write the
+results directory.
 
 In a simulation the server checkpoints its state after every round and the devices theirs, so
 a killed run continues exactly (:mod:`fedsparse.federated.checkpoint`). Two entry points run
@@ -26,10 +28,12 @@ from tqdm.auto import tqdm
 
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
-from fedsparse.errors import FedsparseError, RunStopped
+from fedsparse.errors import FedsparseError
 from fedsparse.federated.checkpoint import ServerState, save_server_state
 from fedsparse.federated.fleet import FleetPlan, fleet_identity, plan_fleet, supernode_count
 from fedsparse.federated.methods import fleet_method
+from fedsparse.federated.rounds import run_rounds
+from fedsparse.federated.server import FleetServer
 from fedsparse.fl.records import arrays_record, config_record, device_key, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.report.fleet import FleetRun, write_fleet_run
@@ -192,16 +196,32 @@ def device_state_path(out_dir: Path) -> Path:
 
 def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
            node_devices: dict[int, list[int]],
-           devices_per_node: int) -> tuple[SparseFedStrategy, float]:
-    """A fresh strategy: initial masks (federated NMF or random) and seeded item values."""
+           devices_per_node: int) -> tuple[FleetServer, float]:
+    """A fresh server half: initial masks (federated NMF or random) and seeded item values."""
     start = time.perf_counter()
     top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items, devices_per_node)
     init_seconds = time.perf_counter() - start
     values = (torch.randn(data.n_items, cfg.model.dim, generator=generator_for(cfg.seed, 0, 0,
                                                                                 "item-init"))
               * cfg.model.init_std).numpy()
-    return (SparseFedStrategy(cfg, plan, values, top_mask, node_devices, devices_per_node),
-            init_seconds)
+    return FleetServer(cfg, plan, values, top_mask, devices_per_node), init_seconds
+
+
+class _FlowerRounds:
+    """The round loop's engine on a Flower ``Grid``
+    (:class:`~fedsparse.federated.rounds.RoundEngine`)."""
+
+    def __init__(self, strategy: SparseFedStrategy, grid: Grid) -> None:
+        self.strategy, self.grid = strategy, grid
+
+    def train_round(self, server_round: int) -> dict:
+        messages = list(self.strategy.configure_train(server_round, None, None, self.grid))
+        replies = self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+        _, counts = self.strategy.aggregate_train(server_round, replies)
+        return {"sampled": self.strategy.sampled, **{key: counts[key] for key in counts}}
+
+    def evaluate(self, server_round: int, *, final: bool) -> dict[str, float]:
+        return _evaluate(self.strategy, self.grid, server_round, final=final)
 
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
@@ -231,60 +251,31 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     nodes = wait_for_nodes(grid, supernode_count(plan.n_devices, devices_per_node))
     node_devices = profile_devices(grid, nodes, cfg, plan, devices_per_node)
     if resume_from is None:
-        strategy, init_seconds = _start(grid, cfg, data, plan, node_devices, devices_per_node)
+        server, init_seconds = _start(grid, cfg, data, plan, node_devices, devices_per_node)
         history: list[dict] = []
         done = 0
     else:
-        strategy = SparseFedStrategy(cfg, plan, resume_from.item,
-                                     resume_from.masks[plan.tiers[-1].name], node_devices,
-                                     devices_per_node)
-        strategy.restore(resume_from)
+        server = FleetServer(cfg, plan, resume_from.item,
+                             resume_from.masks[plan.tiers[-1].name], devices_per_node)
+        server.restore(resume_from)
         init_seconds, history, done = (resume_from.init_seconds, resume_from.history,
                                        resume_from.round)
         logger.info("resuming %s after round %d of %d", out_dir, done, cfg.fl.rounds)
+    strategy = SparseFedStrategy(server, node_devices)
     strategy.state_dir = str(device_state_dir or "")
     strategy.summary()
-    bar = tqdm(range(done + 1, cfg.fl.rounds + 1), desc=f"simulate {cfg.name}", unit="round",
-               initial=done, total=cfg.fl.rounds)
-    for server_round in bar:
-        row = _train_round(strategy, grid, server_round)
-        every = cfg.fl.eval_every
-        final = server_round == cfg.fl.rounds
-        if final or (every and server_round % every == 0):
-            eval_start = time.perf_counter()
-            row.update(_evaluate(strategy, grid, server_round, final=final))
-            row["eval-seconds"] = time.perf_counter() - eval_start
-        history.append(row)
-        logger.info("round %d/%d: %s", server_round, cfg.fl.rounds,
-                    ", ".join(f"{key} {value:.4g}" for key, value in row.items() if key != "round"))
-        bar.set_postfix(loss=f"{row['loss']:.4f}", ok=row["succeeded"])
-        if device_state_dir is not None and server_round < cfg.fl.rounds:
-            save_server_state(saved, strategy.server_state(server_round, history, init_seconds),
-                              config_text)
-        if strategy.skipped_in_a_row >= cfg.fl.max_skipped_rounds:
-            raise RunStopped(
-                f"stopped after round {server_round}: {strategy.skipped_in_a_row} rounds in a "
-                f"row skipped, fewer than fl.min_success = {cfg.fl.min_success:g} of the sampled "
-                f"devices succeeded (last: {row['succeeded']} of {row['sampled']})")
-    run = FleetRun(cfg=cfg, plan=plan, data=data, item=strategy.item, masks=strategy.masks,
-                   ledger=strategy.ledger, history=pd.DataFrame(history),
+
+    def checkpoint(server_round: int, rows: list[dict]) -> None:
+        save_server_state(saved, server.server_state(server_round, rows, init_seconds),
+                          config_text)
+
+    history = run_rounds(server, _FlowerRounds(strategy, grid), cfg, done=done, history=history,
+                         checkpoint=checkpoint if device_state_dir is not None else None)
+    run = FleetRun(cfg=cfg, plan=plan, data=data, item=server.item, masks=server.masks,
+                   ledger=server.ledger, history=pd.DataFrame(history),
                    init_seconds=init_seconds, devices_per_node=devices_per_node)
     write_fleet_run(out_dir, run)
     return run
-
-
-def _train_round(strategy: SparseFedStrategy, grid: Grid, server_round: int) -> dict:
-    """One training round: send, collect, aggregate; returns its history row."""
-    round_start = time.perf_counter()
-    down_before = int(strategy.ledger.down_bytes.sum())
-    messages = list(strategy.configure_train(server_round, None, None, grid))
-    replies = grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
-    _, counts = strategy.aggregate_train(server_round, replies)
-    return {"round": server_round, "sampled": strategy.sampled,
-            **{key: counts[key] for key in counts},
-            "down-bytes": int(strategy.ledger.down_bytes.sum()) - down_before,
-            "mask-updates": strategy.mask_updates,
-            "seconds": time.perf_counter() - round_start}
 
 
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from fedsparse.config import ExperimentConfig
 from fedsparse.data import InteractionData
 from fedsparse.federated.fleet import FleetPlan
+from fedsparse.federated.server import DeviceLedger
 from fedsparse.report.results import peak_memory_mb, write_atomically
 
 
@@ -30,9 +31,8 @@ from fedsparse.report.results import peak_memory_mb, write_atomically
 class FleetRun:
     """Everything a finished simulation leaves behind.
 
-    ``ledger`` is the strategy's :class:`~fedsparse.fl.strategy.DeviceLedger` (bytes up and
-    down, rounds participated, largest ``train_bytes`` reported, final evaluation, user rows);
-    typed loosely so that writing results needs no Flower import.
+    ``ledger`` is the server half's accounting (bytes up and down, rounds participated,
+    largest ``train_bytes`` reported, final evaluation, user rows).
     """
 
     cfg: ExperimentConfig
@@ -40,7 +40,7 @@ class FleetRun:
     data: InteractionData
     item: np.ndarray
     masks: list[np.ndarray]
-    ledger: Any
+    ledger: DeviceLedger
     history: pd.DataFrame
     init_seconds: float
     devices_per_node: int = 1

@@ -9,8 +9,9 @@ from fedsparse.cli import main
 from fedsparse.config import dump_config
 from fedsparse.data import load_dataset
 from fedsparse.federated.fleet import cohort_of, plan_fleet
-from fedsparse.fl.client_app import train
 from fedsparse.federated.protocol import pack_updates, unpack_updates
+from fedsparse.federated.server import FleetServer
+from fedsparse.fl.client_app import train
 from fedsparse.fl.records import arrays_record, message_bytes, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import generator_for
@@ -54,18 +55,19 @@ def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identi
                       generator_for(0, 0, 0, "mask-init"))
     values = np.random.default_rng(0).normal(scale=0.1, size=top.shape).astype(np.float32)
 
-    alone = SparseFedStrategy(cfg, plan, values, top, {100 + d: [d] for d in range(24)}, 1)
+    alone = SparseFedStrategy(FleetServer(cfg, plan, values, top, 1),
+                              {100 + d: [d] for d in range(24)})
     messages = list(alone.configure_train(1, None, None, None))
     assert len(messages) == 24
     for message in messages:
         device = message.content["config"]["devices"][0]
-        assert alone.ledger.down_bytes[device] == message_bytes(message.content)
+        assert alone.server.ledger.down_bytes[device] == message_bytes(message.content)
 
     cohorts = {100 + p: list(cohort_of(p, 10, 24)) for p in range(3)}
-    together = SparseFedStrategy(cfg, plan, values, top, cohorts, 10)
+    together = SparseFedStrategy(FleetServer(cfg, plan, values, top, 10), cohorts)
     messages = list(together.configure_train(1, None, None, None))
     assert len(messages) == 3
-    assert np.array_equal(together.ledger.down_bytes, alone.ledger.down_bytes)
+    assert np.array_equal(together.server.ledger.down_bytes, alone.server.ledger.down_bytes)
     replies = []
     for message in messages:
         context = Context(run_id=1, node_id=message.metadata.dst_node_id,
@@ -81,7 +83,7 @@ def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identi
             alone = pack_updates({device: (own_arrays, own_metrics)})
             message = RecordDict({"updates": arrays_record(alone[0]),
                                   "replies": MetricRecord(alone[1])})
-            assert together.ledger.up_bytes[device] == message_bytes(message)
+            assert together.server.ledger.up_bytes[device] == message_bytes(message)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -13,6 +13,7 @@ from fedsparse.federated.devices import CohortState
 from fedsparse.federated.fleet import plan_fleet
 from fedsparse.federated.protocol import (Expected, decode_update, encode_update, pack_updates,
                                           reply_metrics, unpack_updates)
+from fedsparse.federated.server import FleetServer
 from fedsparse.fl.client_app import evaluate, train
 from fedsparse.fl.records import arrays_record, record_arrays, slice_from_record, slice_record
 from fedsparse.fl.strategy import SparseFedStrategy
@@ -131,7 +132,7 @@ def trained_round(server_identity, fleet_config, fleet_data):
     nodes = {100 + device: [device] for device in range(plan.n_devices)}
 
     def new_strategy():
-        return SparseFedStrategy(cfg, plan, values, top, nodes)
+        return SparseFedStrategy(FleetServer(cfg, plan, values, top), nodes)
 
     strategy = new_strategy()
     messages = list(strategy.configure_train(1, None, None, None))
@@ -174,8 +175,9 @@ def test_malformed_update_is_rejected_and_the_round_goes_on_without_it(kind, tra
     dropped_out = new_strategy()
     list(dropped_out.configure_train(1, None, None, None))
     dropped_out.aggregate_train(1, replies[:bad] + replies[bad + 1:])
-    assert np.array_equal(strategy.item, dropped_out.item)
-    assert all(np.array_equal(a, b) for a, b in zip(strategy.masks, dropped_out.masks))
+    assert np.array_equal(strategy.server.item, dropped_out.server.item)
+    assert all(np.array_equal(a, b)
+               for a, b in zip(strategy.server.masks, dropped_out.server.masks))
 
 
 def test_aggregation_ignores_reply_order(trained_round):
@@ -184,8 +186,8 @@ def test_aggregation_ignores_reply_order(trained_round):
     reordered = new_strategy()
     list(reordered.configure_train(1, None, None, None))
     reordered.aggregate_train(1, replies[::-1])
-    assert np.array_equal(strategy.item, reordered.item)
-    assert all(np.array_equal(a, b) for a, b in zip(strategy.masks, reordered.masks))
+    assert np.array_equal(strategy.server.item, reordered.server.item)
+    assert all(np.array_equal(a, b) for a, b in zip(strategy.server.masks, reordered.server.masks))
 
 
 def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_identity,
@@ -196,7 +198,8 @@ def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_id
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))
     nodes = {100 + device: [device] for device in range(plan.n_devices)}
-    strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top, nodes)
+    server = FleetServer(cfg, plan, np.zeros(top.shape, np.float32), top)
+    strategy = SparseFedStrategy(server, nodes)
     replies = []
     for message in strategy.configure_train(1, None, None, None):
         device = nodes[message.metadata.dst_node_id][0]
@@ -206,7 +209,7 @@ def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_id
         replies.append(train(message, context))
     _, counts = strategy.aggregate_train(1, replies)
     assert counts["succeeded"] == plan.n_devices and counts["rejected"] == 0
-    assert strategy.item.shape == (25, cfg.model.dim) and strategy.item.any()
+    assert strategy.server.item.shape == (25, cfg.model.dim) and strategy.server.item.any()
 
 
 def test_error_reply_counts_as_failed(trained_round, server_identity):
@@ -224,13 +227,13 @@ def test_device_evaluates_with_its_own_slice(trained_round):
     reply = evaluate(message, context)
     metrics = reply.content["metrics.0"]
     assert 0.0 <= metrics["recall@20"] <= 1.0 and metrics["n-test"] == 3
-    tier = strategy.plan.tiers[strategy.plan.device_tier[0]]
+    tier = strategy.server.plan.tiers[strategy.server.plan.device_tier[0]]
     assert 0 < metrics["model-bytes"] <= tier.budget_bytes
 
 
 def _with_fleet(strategy, **changes):
-    strategy.cfg = dataclasses.replace(strategy.cfg,
-                                       fl=dataclasses.replace(strategy.cfg.fl, **changes))
+    strategy.server.cfg = dataclasses.replace(strategy.server.cfg,
+                                       fl=dataclasses.replace(strategy.server.cfg.fl, **changes))
 
 
 def _sim_seconds(reply):
@@ -250,19 +253,19 @@ def test_replies_past_the_deadline_count_as_late(trained_round):
     without_late = new_strategy()
     list(without_late.configure_train(1, None, None, None))
     without_late.aggregate_train(1, on_time)
-    assert np.array_equal(strategy.item, without_late.item)
+    assert np.array_equal(strategy.server.item, without_late.server.item)
 
 
 def test_a_round_with_too_few_successes_is_skipped(trained_round, server_identity):
     _, strategy, messages, replies = trained_round
-    before = strategy.item.copy()
+    before = strategy.server.item.copy()
     crashed = [Message(error=Error(code=0, reason="SuperNode lost"), reply_to=message)
                for message in messages[:20]]
     _with_fleet(strategy, min_success=0.5)
     _, counts = strategy.aggregate_train(1, [*crashed, *replies[20:]])
     assert counts["failed"] == 20 and counts["succeeded"] == 4 and counts["skipped"] == 1
-    assert np.array_equal(strategy.item, before) and strategy.skipped_in_a_row == 1
-    assert not strategy.ledger.rounds.any()
+    assert np.array_equal(strategy.server.item, before) and strategy.server.skipped_in_a_row == 1
+    assert not strategy.server.ledger.rounds.any()
 
 
 def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_config, server_identity,
@@ -271,7 +274,7 @@ def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_confi
     plan = plan_fleet(cfg, fleet_data)
     top = random_mask(fleet_data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))
-    strategy = SparseFedStrategy(cfg, plan, np.zeros(top.shape, np.float32), top,
+    strategy = SparseFedStrategy(FleetServer(cfg, plan, np.zeros(top.shape, np.float32), top),
                                  {100 + d: [d] for d in range(plan.n_devices)})
     outcomes = []
     for message in strategy.configure_train(1, None, None, None):
