@@ -41,6 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from fedsparse.federated.methods import fleet_method
     from fedsparse.fl.simulation import simulate
     from fedsparse.report.results import default_run_dir
 
@@ -69,7 +70,8 @@ def _simulate(args: argparse.Namespace) -> int:
               f"down {metrics['down_bytes_per_round'] / 2**20:.2f} MiB/round  "
               f"rejected {metrics['rejected']}  failed {metrics['failed']}  "
               f"late {metrics['late']}  skipped rounds {metrics['skipped_rounds']}  "
-              + ("budgets not applied (dense FedAvg)" if cfg.sparse.method == "dense" else
+              + ("budgets not applied (dense FedAvg)"
+                 if not fleet_method(cfg.sparse.method).enforces_budget else
                  f"within budget: {'yes' if metrics['within_budget'] else 'NO'}"))]
     for name, tier in metrics["tiers"].items():
         lines.append(f"  {name:>10}: {tier['devices']} devices, budget {tier['budget_bytes']} B, "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fedsparse.config import ExperimentConfig
+from fedsparse.errors import FedsparseError
 from fedsparse.federated.checkpoint import LEDGER_ARRAYS, ServerState
 from fedsparse.federated.fleet import FleetPlan, fleet_identity
 from fedsparse.federated.methods import fleet_method
@@ -33,7 +34,7 @@ from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
 from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates,
-                                        nested_tier_masks)
+                                        nested_tier_masks, nmf_item_step)
 
 logger = logging.getLogger(__name__)
 
@@ -352,3 +353,27 @@ class FleetServer:
         logger.info("federated %s: %d devices, tiers %s", self.cfg.sparse.method,
                     self.plan.n_devices, ", ".join(f"{t.name} (density {t.density:.3f})"
                                                    for t in self.plan.tiers))
+
+
+def nmf_server_step(h: np.ndarray, steps: dict[int, dict[str, np.ndarray]],
+                    device_items: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The server half of one federated NMF iteration: the devices' replies (device -> its
+    new row ``w`` (d,) and its ``items``), summed in ascending device id into W^T R and W^T W,
+    update H (d, n_items); each device's items are kept in ``device_items`` (the columns of H
+    it gets next time). Returns the new H and W^T W (d, d).
+
+    Raises
+    ------
+    FedsparseError
+        A malformed reply (one line naming the device).
+    """
+    dim, n_items = h.shape
+    numerator, gram = np.zeros_like(h), np.zeros((dim, dim))
+    for device in sorted(steps):
+        w_user, items = steps[device]["w"], steps[device]["items"].astype(np.int64)
+        if w_user.shape != (dim,) or items.size == 0 or items.min() < 0 or items.max() >= n_items:
+            raise FedsparseError(f"federated NMF: malformed reply from device {device}")
+        device_items[device] = items
+        numerator[:, items] += w_user[:, None]                              # W_u^T R_u
+        gram += np.outer(w_user, w_user)                                    # W_u^T W_u
+    return nmf_item_step(h, numerator, gram), gram

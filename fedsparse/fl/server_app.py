@@ -33,13 +33,13 @@ from fedsparse.federated.checkpoint import ServerState, save_server_state
 from fedsparse.federated.fleet import FleetPlan, fleet_identity, plan_fleet, supernode_count
 from fedsparse.federated.methods import fleet_method
 from fedsparse.federated.rounds import run_rounds
-from fedsparse.federated.server import FleetServer
+from fedsparse.federated.server import FleetServer, nmf_server_step
 from fedsparse.fl.records import arrays_record, config_record, device_key, record_arrays
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.report.fleet import FleetRun, write_fleet_run
 from fedsparse.report.results import write_atomically
 from fedsparse.seeding import generator_for, numpy_rng_for
-from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores, nmf_item_step
+from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores
 from fedsparse.sparse.masks import random_mask, top_fraction_mask
 
 logger = logging.getLogger(__name__)
@@ -140,17 +140,7 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
                 if record is None:
                     raise FedsparseError(f"federated NMF: no reply from device {device}")
                 steps[device] = record_arrays(record)
-        numerator = np.zeros_like(h)
-        gram = np.zeros((dim, dim))
-        for device in sorted(steps):
-            w_user, items = steps[device]["w"], steps[device]["items"].astype(np.int64)
-            if w_user.shape != (dim,) or items.size == 0 or items.min() < 0 \
-                    or items.max() >= n_items:
-                raise FedsparseError(f"federated NMF: malformed reply from device {device}")
-            device_items[device] = items
-            numerator[:, items] += w_user[:, None]                          # W_u^T R_u
-            gram += np.outer(w_user, w_user)                                # W_u^T W_u
-        h = nmf_item_step(h, numerator, gram)
+        h, gram = nmf_server_step(h, steps, device_items)
         logger.debug("federated NMF iteration %d: |H| %.4g", iteration, np.linalg.norm(h))
     return h, gram
 
