@@ -207,8 +207,9 @@ def pack_updates(updates: dict[int, tuple[dict[str, np.ndarray], dict[str, int |
                  ) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """The updates of several devices (device -> its arrays and metrics, as
     :func:`encode_update` and :func:`reply_metrics` give them) as one pack: each array
-    concatenated in ascending device id (the (T, k) growth arrays flattened), and one list per
-    metric."""
+    concatenated as it is, in ascending device id (the (T, k) growth arrays flattened), and
+    one list per metric every device has. Nothing is checked here: :func:`unpack_updates` is
+    where a pack is judged."""
     devices = sorted(updates)
     parts = [updates[device] for device in devices]
     arrays = {"devices": np.array(devices, np.int64),

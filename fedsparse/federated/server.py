@@ -221,9 +221,8 @@ class FleetServer:
         """Each device's part of a SuperNode's training reply: the errors it reports (device,
         reason, simulated) and its pack of updates (:func:`unpack_updates`; None when it
         sent none; a pack of empty dicts is rejected as malformed), checked and decoded device
-        by device. A malformed pack rejects all its
-        devices, which share its ``pack_bytes``; devices of ``sent`` the reply does not name
-        get no outcome."""
+        by device. A malformed pack rejects all its devices, which share its ``pack_bytes``;
+        devices of ``sent`` the reply does not name get no outcome."""
         outcomes = {}
         for device, reason, simulated in errors:
             if device in sent:
