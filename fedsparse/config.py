@@ -133,6 +133,29 @@ class TierConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """What the server may learn (``[fl.privacy]``): secure summation of the federated NMF
+    statistics and, with ``training = "secure_sum"``, of the training updates
+    (:mod:`fedsparse.federated.secure_sum`)."""
+
+    training: str = _option("secure_sum", choices=("secure_sum", "plain"),
+                            doc="training replies: secure_sum (the server sees each tier's sum "
+                                "only) or plain (each device's touched rows and values)")
+
+    min_aggregate: int = _option(100, low=2, doc="fewest devices a sum the server opens may "
+                                                 "cover (federated NMF)")
+    mask_neighbours: int = _option(8, low=2, doc="mask peers per device in the secure sum's "
+                                                 "ring graph (even: half on either side)")
+    fraction_bits: int = _option(24, low=8, high=40,
+                                 doc="fixed-point fraction bits of the secure sum (mod 2^64)")
+
+    def __post_init__(self) -> None:
+        if self.mask_neighbours % 2:
+            raise ConfigError(f"fl.privacy.mask_neighbours: must be even; got "
+                              f"{self.mask_neighbours}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class FleetConfig:
     """A simulated device fleet (``fedsparse simulate``): tiers, rounds, device-local training."""
 
@@ -180,6 +203,7 @@ class FleetConfig:
                                      "accepted, or the round is skipped")
     max_skipped_rounds: int = _option(3, low=1,
                                       doc="the run stops after this many skipped rounds in a row")
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ def fleet_data_dir(tmp_path_factory, fleet_data):
 
 
 FLEET = ["sparse.method=sparserec", "model.dim=8", "fl.rounds=2", "fl.nmf_rounds=2",
+         "fl.privacy.min_aggregate=4", "fl.privacy.mask_neighbours=4",
          "fl.mask_interval=1",
          "fl.local_epochs=2", "fl.batch_size=4", "fl.negatives=2", "fl.growth_topk=2",
          "fl.tiers.small.budget_bytes=3000", "fl.tiers.small.share=0.5",

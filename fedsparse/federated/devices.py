@@ -3,7 +3,7 @@
 Engine-neutral: the engine (Flower's ClientApp, :mod:`fedsparse.fl.client_app`) turns its
 messages into these calls and their results back into records. A cohort is the devices one
 SuperNode simulates (:func:`~fedsparse.federated.fleet.cohort_of`); their private state (user
-rows with Adam state, NMF rows) is one :class:`CohortState`, kept by the engine between rounds
+rows with Adam state) is one :class:`CohortState`, kept by the engine between rounds
 and, in a simulation, in state files (:mod:`fedsparse.federated.checkpoint`).
 """
 
@@ -18,9 +18,9 @@ from fedsparse.data import InteractionData
 from fedsparse.federated.cohort import DeviceTask, train_cohort
 from fedsparse.federated.faults import FaultModel, device_fault, simulated_seconds
 from fedsparse.federated.protocol import encode_update, reply_metrics
+from fedsparse.federated.secure_training import sparse_contribution
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
-from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_user_step
 from fedsparse.train.device import LocalTraining, UserRow, model_bytes, rank_with_items
 
 
@@ -89,16 +89,23 @@ class TrainRound:
     tier_growth_topk: list[int]
     tier_steps_per_second: list[float]
     faults: FaultModel
+    secure: bool = False
+    deadline_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
 class DeviceReply:
-    """One device's outcome of a round: its update's arrays and metrics, or an error."""
+    """One device's outcome of a round: its update's arrays and metrics, or an error. Under
+    secure summation (``TrainRound.secure``) its update is ``contribution`` instead (positions
+    and values in its tier's layout, :func:`~fedsparse.federated.secure_training.
+    sparse_contribution`; None when it finished past the deadline and so sends none), and its
+    metrics leave out ``num-examples``, which travels inside the sum."""
 
     arrays: dict[str, np.ndarray] | None = None
     metrics: dict[str, int | float] | None = None
     error: str = ""
     simulated_fault: bool = False
+    contribution: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def items_of(data: InteractionData, split: str, user: int) -> np.ndarray:
@@ -140,10 +147,17 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
         state.set_row(task.device, row)
         seconds = simulated_seconds(faults, update.steps, spec.seed, spec.server_round,
                                     task.device)
-        replies[task.device] = DeviceReply(
-            arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),
-            metrics=reply_metrics(update, device=task.device, server_round=spec.server_round,
-                                  tier_index=tier, sim_seconds=seconds))
+        metrics = reply_metrics(update, device=task.device, server_round=spec.server_round,
+                                tier_index=tier, sim_seconds=seconds)
+        if spec.secure:
+            late = 0.0 < spec.deadline_seconds < seconds
+            replies[task.device] = DeviceReply(
+                metrics={key: value for key, value in metrics.items() if key != "num-examples"},
+                contribution=None if late else sparse_contribution(update, task.item_table))
+        else:
+            replies[task.device] = DeviceReply(
+                arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),
+                metrics=metrics)
     return replies
 
 
@@ -166,31 +180,3 @@ def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortStat
                                "model-bytes": model_bytes(tables[tier], row),
                                "n-test": len(test_items)}
     return results
-
-
-def nmf_devices(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
-                devices: list[int], seed: int, rank: int,
-                factors: dict[int, np.ndarray] | None,
-                gram_h: np.ndarray | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """One federated NMF step of each device: it updates its own row W_u (``rows``, in place)
-    and returns it with its item ids.
-
-    The update needs only H's columns at the device's items and H H^T: in the first step
-    (``factors`` None) the device makes the seeded H0 itself, later the server sends those
-    (``factors[device]`` (d, n_u), ``gram_h`` (d, d)).
-    """
-    first = factors is None
-    if first:
-        h = initial_nmf_items(seed, rank, data.n_items)                         # (d, n_items)
-        gram_h = h @ h.T
-    out = {}
-    for device in devices:
-        items = items_of(data, "train", int(users[device]))
-        h_items = h[:, items] if first else factors[device]                    # (d, n_u)
-        if h_items.shape != (rank, len(items)):
-            raise ValueError(f"device {device}: h_items has shape {h_items.shape}, expected "
-                             f"{(rank, len(items))}")
-        w_user = initial_nmf_row(seed, device, rank) if first else rows[device]
-        rows[device] = nmf_user_step(w_user, h_items, gram_h)
-        out[device] = (rows[device], items)
-    return out

@@ -60,6 +60,13 @@ def device_fault(fault: FaultModel, seed: int, server_round: int, device: int) -
     return None
 
 
+def nmf_dropout(fault: FaultModel, seed: int, iteration: int, device: int) -> bool:
+    """Whether ``device`` drops out of federated NMF iteration ``iteration`` (from 1) after its
+    key went out and before its masked vector does: with probability ``crash_prob``."""
+    return fault.crash_prob > 0.0 and \
+        numpy_rng_for(seed, iteration, device, "nmf-crash").random() < fault.crash_prob
+
+
 def simulated_seconds(fault: FaultModel, steps: int, seed: int, server_round: int,
                       device: int) -> float:
     """Seconds on the simulated clock the device needs for ``steps`` local steps."""

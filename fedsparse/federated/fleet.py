@@ -217,5 +217,8 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
                           steps_per_second=tier.steps_per_second))
         logger.info("tier %s: budget %d bytes -> item density %.4f, %d devices", name,
                     tier.budget_bytes, density, int((device_tier == len(tiers) - 1).sum()))
+    if method.initial_mask == "nmf" and fl.privacy.min_aggregate > len(users):
+        raise ConfigError(f"fl.privacy.min_aggregate: {fl.privacy.min_aggregate} is more than "
+                          f"the {len(users)} devices whose NMF statistics are summed")
     return FleetPlan(users=users, device_tier=device_tier, tiers=tuple(tiers),
                      reserve_bytes=reserve)

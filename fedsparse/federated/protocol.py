@@ -48,6 +48,8 @@ UPDATE_ARRAYS = {"rows": (np.int32, 1), "values": (np.float32, 1), "grow_cols": 
 PAYLOAD_ARRAYS = ("values", "grow_scores", "grow_scale")
 REPLY_METRICS = ("device", "round", "tier-index", "num-examples", "loss", "train-bytes",
                  "sim-seconds")
+#: Under secure summation the examples travel inside the masked sum, not in the clear.
+SECURE_REPLY_METRICS = tuple(key for key in REPLY_METRICS if key != "num-examples")
 
 
 class RejectedUpdate(ValueError):
@@ -282,3 +284,45 @@ def unpack_updates(arrays: Mapping[str, np.ndarray], metrics: Mapping[str, list]
                       "grow_scale": arrays["grow_scale"][i:i + 1]},
                      {key: metrics[key][i] for key in REPLY_METRICS})
             for i, device in enumerate(devices)}
+
+
+def pack_secure_metrics(metrics: dict[int, dict[str, int | float]]) -> dict[str, list]:
+    """The clear metrics (:data:`SECURE_REPLY_METRICS`) of a SuperNode's devices under secure
+    summation, one list per metric in ascending device id."""
+    devices = sorted(metrics)
+    return {key: [metrics[device][key] for device in devices] for key in SECURE_REPLY_METRICS}
+
+
+def unpack_secure_metrics(listed: Mapping[str, list], sent: list[int],
+                          server_round: int) -> dict[int, dict[str, int | float]]:
+    """Each device's clear metrics from :func:`pack_secure_metrics`.
+
+    Raises
+    ------
+    RejectedUpdate
+        A metric missing or of the wrong length, a device that was not asked or repeated, or
+        another round's reply.
+    """
+    missing = [key for key in SECURE_REPLY_METRICS if key not in listed]
+    if missing:
+        raise RejectedUpdate(f"missing metric {missing[0]!r}")
+    devices = [int(device) for device in listed["device"]]
+    if any(device not in sent for device in devices) or len(set(devices)) != len(devices):
+        raise RejectedUpdate(f"devices {devices[:3]}: unknown or repeated")
+    for key in SECURE_REPLY_METRICS:
+        if len(listed[key]) != len(devices):
+            raise RejectedUpdate(f"metric {key!r}: {len(listed[key])} values for "
+                                 f"{len(devices)} devices")
+    if any(int(value) != server_round for value in listed["round"]):
+        raise RejectedUpdate(f"round {listed['round'][0]}, expected {server_round}")
+    return {device: {key: listed[key][i] for key in SECURE_REPLY_METRICS}
+            for i, device in enumerate(devices)}
+
+
+def secure_own_bytes(size: int, metrics: Mapping[str, int | float]) -> int:
+    """Bytes a deployed device sends in a secure training round: its masked vector (``size``
+    uint64 and its one-entry ``devices`` list, under ``masked``/``devices``) and its clear
+    metrics, counted as :func:`own_bytes` counts them."""
+    arrays = {"masked": np.zeros(size, np.uint64), "devices": np.zeros(1, np.int64)}
+    return (sum(npy_bytes(array) + len(key) for key, array in arrays.items())
+            + sum(8 + len(key) for key in metrics))

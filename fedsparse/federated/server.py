@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,17 +25,19 @@ import numpy as np
 import torch
 
 from fedsparse.config import ExperimentConfig
-from fedsparse.errors import FedsparseError
 from fedsparse.federated.checkpoint import LEDGER_ARRAYS, ServerState
 from fedsparse.federated.fleet import FleetPlan, fleet_identity
 from fedsparse.federated.methods import fleet_method
 from fedsparse.federated.protocol import (PAYLOAD_ARRAYS, Expected, RejectedUpdate,
-                                          decode_update, own_bytes, unpack_updates)
+                                          decode_update, own_bytes, secure_own_bytes,
+                                          unpack_secure_metrics, unpack_updates)
+from fedsparse.federated.secure_training import (TRAINING_STEP_BASE, open_tier_sums,
+                                                 secure_vector_size)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               update_count, update_mask)
 from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates,
-                                        nested_tier_masks, nmf_item_step)
+                                        apply_weighted_deltas, nested_tier_masks)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,15 @@ class DeviceLedger:
         zeros = np.zeros(n_devices, dtype=np.int64)
         return cls(up_bytes=zeros.copy(), up_payload_bytes=zeros.copy(), down_bytes=zeros.copy(),
                    messages=zeros.copy(), rounds=zeros.copy(), max_train_bytes=zeros.copy())
+
+
+@dataclass(frozen=True)
+class OpenedSums:
+    """A round's training sums under secure summation: tier -> its opened sum (float64, the
+    layout of :mod:`fedsparse.federated.secure_training`) and the devices in them."""
+
+    sums: dict[int, np.ndarray]
+    devices: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -195,7 +207,10 @@ class FleetServer:
                 "negatives": fl.negatives, "topk": self.cfg.train.topk,
                 "threads": max(1, int(fl.client_cpus)),
                 "crash-prob": fl.crash_prob, "offline-prob": fl.offline_prob,
-                "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter}
+                "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter,
+                "secure": self.secure, "secure-step": TRAINING_STEP_BASE + server_round,
+                "fraction-bits": fl.privacy.fraction_bits,
+                "deadline-seconds": fl.deadline_seconds}
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's
@@ -266,19 +281,61 @@ class FleetServer:
                              sim_seconds=float(metrics["sim-seconds"]),
                              loss=float(metrics["loss"]))
 
+    def secure_outcomes(self, server_round: int, sent: list[int],
+                        metrics: Mapping[str, list] | None,
+                        errors: list[tuple[int, str, bool]]) -> dict[int, DeviceOutcome]:
+        """Each device's part of a SuperNode's training reply under secure summation: the
+        errors it reports and the metrics it sent in the clear (its update is in its tier's
+        masked sum); malformed metrics reject the SuperNode's devices."""
+        outcomes = {}
+        for device, reason, simulated in errors:
+            if device in sent:
+                logger.log(logging.DEBUG if simulated else logging.WARNING,
+                           "round %d: device %d failed: %s", server_round, device, reason)
+                outcomes[device] = DeviceOutcome("failed")
+        if metrics is None:
+            return outcomes
+        pending = [device for device in sent if device not in outcomes]
+        try:
+            listed = unpack_secure_metrics(metrics, pending, server_round)
+        except RejectedUpdate as exc:
+            logger.warning("round %d: rejected the replies of devices %s: %s", server_round,
+                           pending, exc)
+            return {**outcomes, **{device: DeviceOutcome("rejected") for device in pending}}
+        for device, values in listed.items():
+            outcomes[device] = DeviceOutcome(
+                "replied", up_bytes=secure_own_bytes(self.secure_size, values),
+                train_bytes=int(values["train-bytes"]), payload_bytes=8 * self.secure_size,
+                sim_seconds=float(values["sim-seconds"]), loss=float(values["loss"]))
+        return outcomes
+
+    @property
+    def secure(self) -> bool:
+        """Whether training updates travel under secure summation."""
+        return self.cfg.fl.privacy.training == "secure_sum"
+
+    @property
+    def secure_size(self) -> int:
+        """Length of a device's masked training vector (any tier)."""
+        return secure_vector_size(self.n_items, self.dim)
+
     def accept_round(self, server_round: int, outcomes: dict[int, DeviceOutcome],
-                     sampled: int) -> dict[str, int | float]:
+                     sampled: int, opened: OpenedSums | None = None) -> dict[str, int | float]:
         """Account the round's device outcomes, aggregate the accepted updates and move the
         masks when it is time.
 
+        Under secure summation the updates are the tiers' ``opened`` sums; a device that replied
+        in time but is not in them (its tier's sum could not be opened, or its part of the mask
+        graph was cut off by dropouts) counts as failed.
+
         Returns the round's counts: ``succeeded``, ``failed`` (crashed, offline, over budget,
-        their SuperNode lost), ``rejected`` (malformed), ``late`` (past
-        ``fl.deadline_seconds`` on the simulated clock), ``skipped`` (1 when fewer than
+        their SuperNode lost, left out of the opened sums), ``rejected`` (malformed), ``late``
+        (past ``fl.deadline_seconds`` on the simulated clock), ``skipped`` (1 when fewer than
         ``fl.min_success`` of the ``sampled`` devices succeeded: nothing is applied),
         ``up-bytes``, ``loss`` (mean over accepted devices, in device order) and ``moved``
         (entries moved by a mask update).
         """
-        accepted: list[tuple[SparseUpdate, int, int]] = []
+        accepted: list[tuple[int, SparseUpdate | None, int, int]] = []
         losses, counts = [], {"failed": 0, "rejected": 0, "late": 0}
         deadline, up_bytes = self.cfg.fl.deadline_seconds, 0
         for device in sorted(outcomes):
@@ -289,8 +346,11 @@ class FleetServer:
                 counts[outcome.kind] += 1
             elif 0.0 < deadline < outcome.sim_seconds:
                 counts["late"] += 1                    # arrived after the round closed
+            elif opened is not None and device not in opened.devices:
+                counts["failed"] += 1
             else:
-                accepted.append((outcome.update, outcome.train_bytes, outcome.payload_bytes))
+                accepted.append((device, outcome.update, outcome.train_bytes,
+                                 outcome.payload_bytes))
                 losses.append(outcome.loss)
         required = math.ceil(round(self.cfg.fl.min_success * sampled, 9))
         skipped = len(accepted) < required
@@ -300,26 +360,33 @@ class FleetServer:
             logger.warning("round %d skipped: %d of %d sampled devices succeeded (fl.min_success "
                            "%g)", server_round, len(accepted), sampled, self.cfg.fl.min_success)
         else:
-            self._apply(accepted)
+            self._apply(accepted, opened)
             moved = self.update_masks(server_round) if self.is_mask_round(server_round) else 0
         return {"succeeded": len(accepted), **counts, "skipped": int(skipped),
                 "up-bytes": up_bytes,
                 "loss": float(np.mean(losses)) if losses else float("nan"), "moved": moved}
 
-    def _apply(self, accepted: list[tuple[SparseUpdate, int, int]]) -> None:
-        """Aggregate the round's accepted updates (update, train bytes, payload bytes) and count
-        the devices' participation."""
+    def _apply(self, accepted: list[tuple[int, SparseUpdate | None, int, int]],
+               opened: OpenedSums | None) -> None:
+        """Aggregate the round's accepted updates (device, update, train bytes, payload bytes),
+        or the opened sums, and count the devices' participation."""
         if not self.method.accumulates:
             self.growth[:] = 0.0                       # growth by the last round's scores only
-        if accepted:
+        if opened is not None and accepted:
+            weighted_delta, weight, growth = open_tier_sums(opened.sums, self.masks)
+            self.item = apply_weighted_deltas(self.item, weighted_delta, weight,
+                                              server_lr=self.cfg.fl.server_lr)
+            self.growth += growth
+        elif accepted:
             self.item, round_growth = aggregate_sparse_updates(
-                self.item, [update for update, _, _ in accepted], server_lr=self.cfg.fl.server_lr)
+                self.item, [update for _, update, _, _ in accepted],
+                server_lr=self.cfg.fl.server_lr)
             self.growth += round_growth
-        for update, train_bytes, payload in accepted:
-            self.ledger.rounds[update.device] += 1
-            self.ledger.up_payload_bytes[update.device] += payload
-            self.ledger.max_train_bytes[update.device] = max(
-                self.ledger.max_train_bytes[update.device], train_bytes)
+        for device, _, train_bytes, payload in accepted:
+            self.ledger.rounds[device] += 1
+            self.ledger.up_payload_bytes[device] += payload
+            self.ledger.max_train_bytes[device] = max(self.ledger.max_train_bytes[device],
+                                                      train_bytes)
 
     # ------------------------------------------------------------------ evaluation
     def record_evaluation(self, device: int, metrics: dict[str, float],
@@ -352,27 +419,3 @@ class FleetServer:
         logger.info("federated %s: %d devices, tiers %s", self.cfg.sparse.method,
                     self.plan.n_devices, ", ".join(f"{t.name} (density {t.density:.3f})"
                                                    for t in self.plan.tiers))
-
-
-def nmf_server_step(h: np.ndarray, steps: dict[int, dict[str, np.ndarray]],
-                    device_items: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The server half of one federated NMF iteration: the devices' replies (device -> its
-    new row ``w`` (d,) and its ``items``), summed in ascending device id into W^T R and W^T W,
-    update H (d, n_items); each device's items are kept in ``device_items`` (the columns of H
-    it gets next time). Returns the new H and W^T W (d, d).
-
-    Raises
-    ------
-    FedsparseError
-        A malformed reply (one line naming the device).
-    """
-    dim, n_items = h.shape
-    numerator, gram = np.zeros_like(h), np.zeros((dim, dim))
-    for device in sorted(steps):
-        w_user, items = steps[device]["w"], steps[device]["items"].astype(np.int64)
-        if w_user.shape != (dim,) or items.size == 0 or items.min() < 0 or items.max() >= n_items:
-            raise FedsparseError(f"federated NMF: malformed reply from device {device}")
-        device_items[device] = items
-        numerator[:, items] += w_user[:, None]                              # W_u^T R_u
-        gram += np.outer(w_user, w_user)                                    # W_u^T W_u
-    return nmf_item_step(h, numerator, gram), gram

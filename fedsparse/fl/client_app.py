@@ -15,8 +15,9 @@ Handlers:
 * ``train``: the addressed devices train together on their tiers' slices; each replies with
   its sparse update, or an error (offline, crashed, over budget).
 * ``evaluate``: each addressed device ranks all items with its own sparse model.
-* ``query``: ``question = "profile"`` (the cohort's device ids) or ``"nmf"`` (one federated
-  NMF step of each device).
+* ``query``: ``question = "profile"`` (the cohort's device ids), or a stage of federated NMF
+  under secure summation (:mod:`fedsparse.federated.nmf`): ``"secure-keys"``, ``"nmf"``,
+  ``"nmf-resend"``, ``"secure-reveal"``; and ``"train-resend"`` of a secure training round.
 """
 
 from __future__ import annotations
@@ -26,23 +27,30 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.federated.checkpoint import persist_cohort_state, restore_cohort_state
-from fedsparse.federated.devices import (CohortState, TrainRound, evaluate_devices, nmf_devices,
-                                         train_devices)
-from fedsparse.federated.faults import FaultModel
+from fedsparse.federated.devices import CohortState, TrainRound, evaluate_devices, train_devices
+from fedsparse.federated.faults import FaultModel, is_offline
 from fedsparse.federated.fleet import cohort_of, fleet_users
-from fedsparse.federated.protocol import pack_updates
-from fedsparse.fl.records import arrays_record, device_key, record_arrays, slice_from_record
+from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
+                                     nmf_masked_steps, reveal_secrets)
+from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
+from fedsparse.federated.secure_sum import KeyPair, encode_fixed, mask_for_peers
+from fedsparse.federated.secure_training import dense_contribution, secure_vector_size
+from fedsparse.fl.records import (arrays_record, device_key, keys_record, record_arrays,
+                                  record_keys, slice_from_record)
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.train.device import LocalTraining
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
+
+#: A cohort's sparse training contributions of a round: device -> (tier, (positions, values)).
+Contributions = dict[int, tuple[int, tuple[np.ndarray, np.ndarray]]]
 
 
 @lru_cache(maxsize=2)
@@ -127,7 +135,8 @@ def train(msg: Message, context: Context) -> Message:
         faults=FaultModel(crash_prob=float(config["crash-prob"]),
                           offline_prob=float(config["offline-prob"]),
                           offline_rounds=int(config["offline-rounds"]),
-                          speed_jitter=float(config["speed-jitter"])))
+                          speed_jitter=float(config["speed-jitter"])),
+        secure=bool(config["secure"]), deadline_seconds=float(config["deadline-seconds"]))
     replies = train_devices(data, users, state, pairs, _tables(msg, pairs, data.n_items, dim),
                             spec)
     context.state["cohort"] = arrays_record(state.arrays())
@@ -139,12 +148,63 @@ def train(msg: Message, context: Context) -> Message:
         content["errors"] = ConfigRecord({
             "devices": failed, "reasons": [replies[device].error for device in failed],
             "simulated": [replies[device].simulated_fault for device in failed]})
-    updates = {device: (reply.arrays, reply.metrics) for device, reply in replies.items()
-               if not reply.error}
-    if updates:
-        arrays, metrics = pack_updates(updates)
+    trained = {device: reply for device, reply in replies.items() if not reply.error}
+    if trained and spec.secure:
+        contributions = {device: (dict(pairs)[device], reply.contribution)
+                         for device, reply in trained.items() if reply.contribution is not None}
+        context.state["secure-round"] = _contributions_record(contributions)
+        content.update(_masked_training_sums(msg, context, contributions, data.n_items, dim))
+        content["replies"] = MetricRecord(pack_secure_metrics(
+            {device: reply.metrics for device, reply in trained.items()}))
+    elif trained:
+        arrays, metrics = pack_updates({device: (reply.arrays, reply.metrics)
+                                        for device, reply in trained.items()})
         content["updates"], content["replies"] = arrays_record(arrays), MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
+
+
+def _contributions_record(contributions: Contributions
+                          ) -> ArrayRecord:
+    """The round's sparse contributions (device -> tier, (positions, values)), kept for a
+    resend."""
+    devices = sorted(contributions)
+    parts = [contributions[device][1] for device in devices]
+    return arrays_record({
+        "devices": np.array(devices, np.int64),
+        "tiers": np.array([contributions[device][0] for device in devices], np.int64),
+        "counts": np.array([len(positions) for positions, _ in parts], np.int64),
+        "positions": np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.int64),
+        "values": np.concatenate([v for _, v in parts]) if parts else np.zeros(0)})
+
+
+def _stored_contributions(context: Context) -> Contributions:
+    arrays = record_arrays(context.state["secure-round"])
+    ends = np.cumsum(arrays["counts"])
+    return {int(device): (int(tier), (arrays["positions"][end - count:end],
+                                      arrays["values"][end - count:end]))
+            for device, tier, count, end in zip(arrays["devices"], arrays["tiers"],
+                                                arrays["counts"], ends)}
+
+
+def _masked_training_sums(msg: Message, context: Context,
+                          contributions: Contributions,
+                          n_items: int, dim: int) -> dict[str, ArrayRecord]:
+    """``secure.<tier>``: the sum (mod 2^64) of the masked vectors of the cohort's devices in
+    each tier, and which devices are in it."""
+    config = msg.content["config"]
+    keys, size = _key_pairs(context), secure_vector_size(n_items, dim)
+    step, bits = int(config["secure-step"]), int(config["fraction-bits"])
+    sums: dict[int, tuple[np.ndarray, list[int]]] = {}
+    for device in sorted(contributions):
+        tier, (positions, values) = contributions[device]
+        encoded = encode_fixed(dense_contribution(positions, values, size), bits)
+        peers = record_keys(msg.content[device_key("peers", device)])
+        total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
+        total += mask_for_peers(encoded, device, keys[device], peers, step)
+        sent.append(device)
+    return {device_key("secure", tier): arrays_record({"masked": total,
+                                                        "devices": np.array(sent, np.int64)})
+            for tier, (total, sent) in sums.items()}
 
 
 @app.evaluate()
@@ -170,7 +230,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """``profile`` (the cohort's devices) or one ``nmf`` step of the addressed devices."""
+    """``profile`` (the cohort's devices), ``secure-keys`` (a fresh key pair per device), one
+    masked ``nmf`` step of the addressed devices, ``nmf-resend`` or ``train-resend`` of some
+    devices' masked vectors, or ``secure-reveal`` of pair secrets with dropped peers."""
     config = msg.content["config"]
     question = str(config["question"])
     data, users = _fleet(config)
@@ -178,21 +240,87 @@ def query(msg: Message, context: Context) -> Message:
     if question == "profile":
         profile = MetricRecord({"devices": list(cohort)})
         return Message(content=RecordDict({"profile": profile}), reply_to=msg)
-    if question != "nmf":
+    handlers = {"secure-keys": _secure_keys, "nmf": _nmf_step, "nmf-resend": _nmf_step,
+                "train-resend": _train_resend, "secure-reveal": _secure_reveal}
+    if question not in handlers:
         raise ValueError(f"unknown query {question!r}")
-    devices = _devices(config, cohort)
+    content = handlers[question](msg, context, data, users, _devices(config, cohort))
+    return Message(content=content, reply_to=msg)
+
+
+def _key_pairs(context: Context) -> dict[int, KeyPair]:
+    arrays = record_arrays(context.state["secure-keys"])
+    return {int(device): KeyPair(private=bytes(private), public=bytes(public))
+            for device, private, public in zip(arrays["devices"], arrays["private"],
+                                               arrays["public"])}
+
+
+def _secure_keys(msg: Message, context: Context, data: InteractionData, users: np.ndarray,
+                 devices: list[int]) -> RecordDict:
+    """A fresh key pair per device (private keys stay in ``context.state``); in a training
+    round (``round`` given) a device in an offline spell does not answer."""
+    config = msg.content["config"]
+    if "round" in config:
+        fault = FaultModel(offline_prob=float(config["offline-prob"]),
+                           offline_rounds=int(config["offline-rounds"]))
+        devices = [device for device in devices if not is_offline(
+            fault, int(config["seed"]), int(config["round"]), device)]
+    pairs = {device: KeyPair.generate() for device in devices}
+    context.state["secure-keys"] = arrays_record({
+        "devices": np.array(devices, np.int64),
+        "private": np.array([list(pairs[d].private) for d in devices], np.uint8),
+        "public": np.array([list(pairs[d].public) for d in devices], np.uint8)})
+    return RecordDict({device_key("key", device): keys_record({device: pairs[device].public})
+                       for device in devices})
+
+
+def _nmf_step(msg: Message, context: Context, data: InteractionData, users: np.ndarray,
+              devices: list[int]) -> RecordDict:
+    """One masked NMF step of the addressed devices (``nmf``), or their masked contributions
+    again from their current rows (``nmf-resend``); the cohort's sum goes up."""
+    config = msg.content["config"]
+    task = MaskedStep(step=int(config["step"]),
+                      h=msg.content["h"]["h"].numpy() if "h" in msg.content else None,
+                      peers={device: record_keys(msg.content[device_key("peers", device)])
+                             for device in devices},
+                      fraction_bits=int(config["fraction-bits"]))
     saved = record_arrays(context.state["nmf"]) if "nmf" in context.state else {}
-    rows = dict(zip(saved.get("devices", []).tolist() if saved else [], saved.get("w", [])))
-    first = "gram_h" not in msg.content
-    factors = None if first else {device: msg.content[device_key("h_items", device)]["h_items"]
-                                  .numpy() for device in devices}
-    gram_h = None if first else msg.content["gram_h"]["gram_h"].numpy()
-    steps = nmf_devices(data, users, rows, devices, int(config["seed"]), int(config["rank"]),
-                        factors, gram_h)
+    rows = dict(zip(saved["devices"].tolist(), saved["w"])) if saved else {}
+    keys, seed, rank = _key_pairs(context), int(config["seed"]), int(config["rank"])
+    if str(config["question"]) == "nmf":
+        masked = nmf_masked_steps(data, users, rows, keys, devices, seed, rank, task,
+                                  FaultModel(crash_prob=float(config["crash-prob"])))
+    else:
+        masked = ((device, masked_contribution(data, users, rows, keys, device, task))
+                  for device in devices)
+    total, sent = np.zeros(contribution_size(rank, data.n_items), np.uint64), []
+    for device, vector in masked:
+        total += vector
+        sent.append(device)
     kept = sorted(rows)
     context.state["nmf"] = arrays_record({"devices": np.array(kept, np.int64),
-                                          "w": np.stack([rows[d] for d in kept])})
-    content = RecordDict({device_key("nmf", device): arrays_record(
-        {"w": w_user, "items": items.astype(np.int32)})
-        for device, (w_user, items) in steps.items()})
-    return Message(content=content, reply_to=msg)
+                                          "w": np.stack([rows[d] for d in kept])
+                                          if kept else np.zeros((0, rank))})
+    return RecordDict({"nmf": arrays_record({"masked": total,
+                                             "devices": np.array(sent, np.int64)})})
+
+
+def _train_resend(msg: Message, context: Context, data: InteractionData, users: np.ndarray,
+                  devices: list[int]) -> RecordDict:
+    """The addressed devices' masked training vectors of this round again, summed per tier."""
+    stored = _stored_contributions(context)
+    return RecordDict(_masked_training_sums(msg, context, {d: stored[d] for d in devices},
+                                            data.n_items, int(msg.content["config"]["dim"])))
+
+
+def _secure_reveal(msg: Message, context: Context, data: InteractionData, users: np.ndarray,
+                   devices: list[int]) -> RecordDict:
+    """Each addressed device's pair secrets with its dropped peers."""
+    keys, min_aggregate = _key_pairs(context), int(msg.content["config"]["min-aggregate"])
+    content = RecordDict()
+    for device in devices:
+        record = msg.content[device_key("dropped", device)]
+        secrets = reveal_secrets(keys, device, record_keys(record),
+                                 int(record["component"].numpy()[0]), min_aggregate)
+        content[device_key("reveal", device)] = keys_record(secrets)
+    return content

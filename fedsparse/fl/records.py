@@ -11,8 +11,13 @@ records are per tier or per device, named ``<kind>.<id>`` (:func:`device_key`):
 * up (TRAIN): ``update.<device>`` (the update's arrays) and ``reply.<device>`` (its metrics),
   or ``error.<device>`` (``reason``, ``simulated``) for a device that failed;
 * up (EVALUATE): ``metrics.<device>`` and, on the final evaluation, ``user.<device>``;
-* QUERY ``nmf``: down ``gram_h`` and ``h_items.<device>`` (after the first step), up
-  ``nmf.<device>``; QUERY ``profile``: up ``profile`` with the cohort's ``devices``.
+* QUERY ``profile``: up ``profile`` with the cohort's ``devices``;
+* QUERY ``secure-keys``: up ``key.<device>`` (a public key) per device;
+* QUERY ``nmf`` (and ``nmf-resend``): down ``h`` (after the first step) and ``peers.<device>``
+  (its mask peers' public keys), up ``nmf`` (``masked``: the sum of the masked contributions
+  of the cohort's ``devices`` that sent one, mod 2^64);
+* QUERY ``nmf-reveal``: down ``dropped.<device>`` (dropped peers' public keys and the size of
+  the sum to open), up ``reveal.<device>`` (the pair secrets with them).
 
 What one device sends and receives is its own records: the records a message to it alone
 would carry (:func:`message_bytes` of those is what the byte ledger counts).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedsparse.federated.secure_sum import KEY_BYTES
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 def arrays_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -50,6 +56,21 @@ def slice_from_record(record: ArrayRecord, n_items: int, dim: int) -> SparseEmbe
     arrays = record_arrays(record)
     return SparseEmbeddingTable.from_storage(n_items, dim, arrays["values"],
                                              arrays["row_counts"], arrays["index"])
+
+
+def keys_record(keys: dict[int, bytes], **extra: np.ndarray) -> ArrayRecord:
+    """Device -> 32-byte key (public key or pair secret) as ``devices`` (m,) int64 and ``keys``
+    (m, 32) uint8, in ascending device id, and any ``extra`` arrays."""
+    devices = sorted(keys)
+    table = np.frombuffer(b"".join(keys[device] for device in devices), np.uint8)
+    return arrays_record({"devices": np.array(devices, np.int64),
+                          "keys": table.reshape(len(devices), KEY_BYTES), **extra})
+
+
+def record_keys(record: ArrayRecord) -> dict[int, bytes]:
+    """The keys of a :func:`keys_record`, device -> bytes."""
+    arrays = record_arrays(record)
+    return {int(device): bytes(key) for device, key in zip(arrays["devices"], arrays["keys"])}
 
 
 def device_key(kind: str, device: int | str) -> str:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from tqdm.auto import tqdm
 
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
@@ -33,22 +33,46 @@ from fedsparse.federated.checkpoint import ServerState, save_server_state
 from fedsparse.federated.fleet import FleetPlan, fleet_identity, plan_fleet, supernode_count
 from fedsparse.federated.methods import fleet_method
 from fedsparse.federated.rounds import run_rounds
-from fedsparse.federated.server import FleetServer, nmf_server_step
-from fedsparse.fl.records import arrays_record, config_record, device_key, record_arrays
+from fedsparse.federated.server import FleetServer
+from fedsparse.fl.records import config_record
+from fedsparse.fl.secure_rounds import (ROUND_TIMEOUT_SECONDS, federated_nmf, query_all,
+                                        secure_train_round)
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.report.fleet import FleetRun, write_fleet_run
 from fedsparse.report.results import write_atomically
 from fedsparse.seeding import generator_for, numpy_rng_for
-from fedsparse.sparse.federated import initial_nmf_items, nmf_item_scores
+from fedsparse.sparse.federated import nmf_item_scores
 from fedsparse.sparse.masks import random_mask, top_fraction_mask
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for all SuperNodes to register, and for one round's replies.
+#: Sees each (message sent, reply) pair of a run.
+Observer = Callable[[Message, Message], None]
+#: Seconds to wait for all SuperNodes to register.
 NODE_WAIT_SECONDS = 120.0
-ROUND_TIMEOUT_SECONDS = 3600.0
 #: Devices evaluated per round trip: bounds the slices in flight (a dense Gowalla slice is 10 MB).
 EVALUATION_BATCH = 256
+
+
+class ObservedGrid:
+    """A ``Grid`` that hands every reply it receives, with the message it answers, to
+    ``observer`` before returning it: what a curious server keeps (the privacy benchmark,
+    the leak-scan test)."""
+
+    def __init__(self, grid: Grid, observer: Observer) -> None:
+        self.grid, self.observer = grid, observer
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        sent = {message.metadata.dst_node_id: message for message in messages}
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            self.observer(sent[reply.metadata.src_node_id], reply)
+        return replies
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_SECONDS) -> list[int]:
@@ -70,23 +94,12 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_SECONDS
         time.sleep(0.2)
 
 
-def _query_all(grid: Grid, nodes: list[int], contents: list[RecordDict]) -> list[Message]:
-    messages = [Message(content=content, dst_node_id=node, message_type=MessageType.QUERY)
-                for node, content in zip(nodes, contents)]
-    replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS))
-    errors = [reply.error.reason for reply in replies if reply.has_error()]
-    if errors or len(replies) != len(messages):
-        raise FedsparseError(f"query failed on {len(messages) - len(replies) + len(errors)} "
-                             f"devices: {errors[:1]}")
-    return replies
-
-
 def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig, plan: FleetPlan,
                     devices_per_node: int) -> dict[int, list[int]]:
     """Ask every node which devices (its cohort) it simulates; returns node id -> devices."""
     question = {"question": "profile", **fleet_identity(cfg),
                 "devices-per-node": devices_per_node}
-    replies = _query_all(grid, nodes, [RecordDict({"config": config_record(question)})
+    replies = query_all(grid, nodes, [RecordDict({"config": config_record(question)})
                                        for _ in nodes])
     node_devices = {int(reply.metadata.src_node_id): [int(device) for device in
                                                       reply.content["profile"]["devices"]]
@@ -98,66 +111,22 @@ def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig, plan: F
     return node_devices
 
 
-def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
-                  n_items: int, devices_per_node: int) -> tuple[np.ndarray, np.ndarray]:
-    """``fl.nmf_rounds`` multiplicative-update iterations with every device.
-
-    In each iteration every device updates its own row W_u and returns it with its item ids,
-    from which the server sums W_u^T R_u and W_u^T W_u and updates H. The first iteration sends
-    no factors (devices make the seeded H0 themselves); later ones send each device only H's
-    columns at its items, and each SuperNode H H^T once.
-
-    Returns
-    -------
-    tuple of np.ndarray
-        H (d, n_items) and the last summed W^T W (d, d).
-    """
-    dim = cfg.model.dim
-    h = initial_nmf_items(cfg.seed, dim, n_items)
-    gram = np.zeros((dim, dim))
-    nodes = sorted(node_devices, key=lambda node: node_devices[node][0])
-    device_items: dict[int, np.ndarray] = {}
-    for iteration in tqdm(range(1, cfg.fl.nmf_rounds + 1), desc="federated NMF", unit="iter",
-                          leave=False):
-        gram_h = h @ h.T                                                    # (d, d)
-        contents = []
-        for node in nodes:
-            devices = node_devices[node]
-            content = RecordDict({"config": config_record({
-                "question": "nmf", **fleet_identity(cfg), "rank": dim,
-                "devices-per-node": devices_per_node, "devices": devices})})
-            if device_items:
-                content["gram_h"] = arrays_record({"gram_h": gram_h})
-                for device in devices:
-                    content[device_key("h_items", device)] = arrays_record(
-                        {"h_items": h[:, device_items[device]]})
-            contents.append(content)
-        replies = _query_all(grid, nodes, contents)
-        steps = {}
-        for reply in replies:
-            for device in node_devices[int(reply.metadata.src_node_id)]:
-                record = reply.content.get(device_key("nmf", device))
-                if record is None:
-                    raise FedsparseError(f"federated NMF: no reply from device {device}")
-                steps[device] = record_arrays(record)
-        h, gram = nmf_server_step(h, steps, device_items)
-        logger.debug("federated NMF iteration %d: |H| %.4g", iteration, np.linalg.norm(h))
-    return h, gram
-
-
 def initial_top_mask(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
-                     plan: FleetPlan, n_items: int, devices_per_node: int) -> np.ndarray:
+                     plan: FleetPlan, n_items: int, devices_per_node: int
+                     ) -> tuple[np.ndarray, list[dict[str, float]]]:
     """The densest tier's first mask: all entries (dense), uniform random, or by federated
-    NMF scores (``sparse.method``'s ``initial_mask``)."""
+    NMF scores (``sparse.method``'s ``initial_mask``); and federated NMF's iteration rows (none
+    without it)."""
     dim, density = cfg.model.dim, max(tier.density for tier in plan.tiers)
     initial = fleet_method(cfg.sparse.method).initial_mask
     if initial == "full" or density >= 1.0:
-        return np.ones((n_items, dim), dtype=bool)
+        return np.ones((n_items, dim), dtype=bool), []
     if initial == "random":
-        return random_mask(n_items, dim, density, generator_for(cfg.seed, 0, 0, "mask-init"))
-    h, gram = federated_nmf(grid, node_devices, cfg, n_items, devices_per_node)
+        return random_mask(n_items, dim, density,
+                           generator_for(cfg.seed, 0, 0, "mask-init")), []
+    h, gram, history = federated_nmf(grid, node_devices, cfg, n_items, devices_per_node)
     ties = numpy_rng_for(cfg.seed, 0, 0, "nmf-mask-ties").random((n_items, dim))
-    return top_fraction_mask(nmf_item_scores(h, gram), density, tie_break=ties)
+    return top_fraction_mask(nmf_item_scores(h, gram), density, tie_break=ties), history
 
 
 def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
@@ -186,10 +155,15 @@ def device_state_path(out_dir: Path) -> Path:
 
 def _start(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
            node_devices: dict[int, list[int]],
-           devices_per_node: int) -> tuple[FleetServer, float]:
-    """A fresh server half: initial masks (federated NMF or random) and seeded item values."""
+           devices_per_node: int, out_dir: Path) -> tuple[FleetServer, float]:
+    """A fresh server half: initial masks (federated NMF, whose iterations go to
+    ``nmf_history.csv``, or random) and seeded item values."""
     start = time.perf_counter()
-    top_mask = initial_top_mask(grid, node_devices, cfg, plan, data.n_items, devices_per_node)
+    top_mask, nmf_history = initial_top_mask(grid, node_devices, cfg, plan, data.n_items,
+                                             devices_per_node)
+    if nmf_history:
+        write_atomically(out_dir / "nmf_history.csv",
+                         pd.DataFrame(nmf_history).to_csv(index=False))
     init_seconds = time.perf_counter() - start
     values = (torch.randn(data.n_items, cfg.model.dim, generator=generator_for(cfg.seed, 0, 0,
                                                                                 "item-init"))
@@ -205,6 +179,8 @@ class _FlowerRounds:
         self.strategy, self.grid = strategy, grid
 
     def train_round(self, server_round: int) -> dict:
+        if self.strategy.server.secure:
+            return secure_train_round(self.strategy, self.grid, server_round)
         messages = list(self.strategy.configure_train(server_round, None, None, self.grid))
         replies = self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
         _, counts = self.strategy.aggregate_train(server_round, replies)
@@ -216,7 +192,8 @@ class _FlowerRounds:
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
               out_dir: Path, *, devices_per_node: int, resume_from: ServerState | None = None,
-              device_state_dir: Path | None = None) -> FleetRun:
+              device_state_dir: Path | None = None,
+              observer: Observer | None = None) -> FleetRun:
     """The whole federated run of ``plan`` (``cfg`` on ``data``) on ``grid``; writes and returns
     the results.
 
@@ -226,7 +203,7 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     checkpoint the launcher has loaded and checked) continues after its round. Under ``flwr
     run`` and ``fedsparse deploy-local`` nothing is checkpointed (devices keep their state in
     their SuperNodes for the run only). Each SuperNode simulates ``devices_per_node`` devices
-    (the last one may have fewer).
+    (the last one may have fewer). ``observer``, if given, sees every reply the server gets.
 
     Raises
     ------
@@ -234,6 +211,8 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         ``fl.max_skipped_rounds`` rounds in a row had too few successful devices.
     """
     torch.set_num_threads(1)
+    if observer is not None:
+        grid = ObservedGrid(grid, observer)
     config_text, saved = config_toml(cfg), checkpoint_path(out_dir)
     write_atomically(out_dir / "config.toml", config_text)     # on resume: the same text
     if resume_from is None and device_state_dir is not None and device_state_dir.exists():
@@ -241,7 +220,8 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
     nodes = wait_for_nodes(grid, supernode_count(plan.n_devices, devices_per_node))
     node_devices = profile_devices(grid, nodes, cfg, plan, devices_per_node)
     if resume_from is None:
-        server, init_seconds = _start(grid, cfg, data, plan, node_devices, devices_per_node)
+        server, init_seconds = _start(grid, cfg, data, plan, node_devices, devices_per_node,
+                                      out_dir)
         history: list[dict] = []
         done = 0
     else:
@@ -271,7 +251,8 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
                      out_dir: Path, *, devices_per_node: int,
                      resume_from: ServerState | None = None,
-                     errors: list[FedsparseError] | None = None) -> ServerApp:
+                     errors: list[FedsparseError] | None = None,
+                     observer: Observer | None = None) -> ServerApp:
     """A ServerApp running ``plan`` into ``out_dir`` (config, data and plan by closure: the
     launcher has already loaded and checked them). A :class:`FedsparseError` of the run is
     appended to ``errors``, for the launcher to report once Flower has stopped."""
@@ -281,7 +262,8 @@ def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPl
     def main(grid: Grid, context: Context) -> None:
         try:
             run_fleet(grid, cfg, data, plan, out_dir, devices_per_node=devices_per_node,
-                      resume_from=resume_from, device_state_dir=device_state_path(out_dir))
+                      resume_from=resume_from, device_state_dir=device_state_path(out_dir),
+                      observer=observer)
         except FedsparseError as exc:
             if errors is None:
                 raise

@@ -24,7 +24,8 @@ from fedsparse.errors import ConfigError, FedsparseError, RunStopped
 from fedsparse.fl.client_app import app as client_app
 from fedsparse.federated.fleet import plan_fleet, resolve_devices_per_node, supernode_count
 from fedsparse.federated.checkpoint import ServerState, first_difference, load_server_state
-from fedsparse.fl.server_app import build_server_app, checkpoint_path, device_state_path
+from fedsparse.fl.server_app import (Observer, build_server_app, checkpoint_path,
+                                     device_state_path)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,11 @@ def _resumable_state(cfg: ExperimentConfig, out_dir: Path) -> ServerState | None
     return state
 
 
-def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False,
+             observer: Observer | None = None) -> dict[str, Any]:
     """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics with
-    the run's ``runtime`` (wall-clock seconds, peak memory).
+    the run's ``runtime`` (wall-clock seconds, peak memory). ``observer`` sees every reply the
+    server receives, with the message it answers (what a curious server could keep).
 
     With ``resume``, ``out_dir`` holds a run that was killed or interrupted: it continues after
     the last round its checkpoint holds (from the start if none was written yet).
@@ -147,7 +150,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False) -> d
                 data.name, devices_per_node, n_nodes, out_dir)
     errors: list[FedsparseError] = []
     server_app = build_server_app(cfg, data, plan, out_dir, devices_per_node=devices_per_node,
-                                  resume_from=state, errors=errors)
+                                  resume_from=state, errors=errors, observer=observer)
     run_flower_simulation(server_app, client_app, n_nodes, num_cpus=num_cpus,
                           client_cpus=cfg.fl.client_cpus, ray_address=cfg.fl.ray_address)
     if errors:

@@ -41,6 +41,7 @@ class SparseFedStrategy(Strategy):
 
     def __init__(self, server: FleetServer, node_devices: dict[int, list[int]]) -> None:
         self.server = server
+        self.node_devices = node_devices
         self.device_nodes = {device: node for node, devices in node_devices.items()
                              for device in devices}
         if sorted(self.device_nodes) != list(range(server.plan.n_devices)):
@@ -51,10 +52,12 @@ class SparseFedStrategy(Strategy):
         self.sampled = 0                               # devices sent TRAIN this round
 
     def _messages(self, server_round: int, devices: list[int], message_type: str,
-                  extra: dict[str, Any] | None = None) -> list[Message]:
+                  extra: dict[str, Any] | None = None,
+                  records: dict[int, dict[str, ArrayRecord]] | None = None) -> list[Message]:
         """One message per SuperNode with any of ``devices``: the tier slices its devices need
-        (once per tier) and the config naming them. Each device is charged its own records:
-        its tier's slice and the config of a message to it alone."""
+        (once per tier), the config naming them and each device's own ``records`` (its mask
+        peers' keys under secure summation). Each device is charged its own records: its
+        tier's slice, the config of a message to it alone and its own records."""
         server = self.server
         slices: dict[int, ArrayRecord] = {}
         own_bytes: dict[int, int] = {}     # per tier: a ConfigRecord's bytes depend on its keys
@@ -67,7 +70,9 @@ class SparseFedStrategy(Strategy):
                 own = config_record({**server.device_config(server_round, [(device, tier)]),
                                      **(extra or {})})
                 own_bytes[tier] = slices[tier].count_bytes() + own.count_bytes()
-            server.charge_down(device, own_bytes[tier])
+            mine = (records or {}).get(device, {})
+            server.charge_down(device, own_bytes[tier] + sum(
+                record.count_bytes() + len(key) for key, record in mine.items()))
             by_node.setdefault(self.device_nodes[device], []).append((device, tier))
         self._sent = {}
         messages = []
@@ -78,17 +83,22 @@ class SparseFedStrategy(Strategy):
             content = RecordDict({"config": config_record(config)})
             for tier in sorted({tier for _, tier in pairs}):
                 content[device_key("item", tier)] = slices[tier]
+            for device, _ in pairs:
+                for key, record in (records or {}).get(device, {}).items():
+                    content[key] = record
             self._sent[node] = [device for device, _ in pairs]
             messages.append(Message(content=content, dst_node_id=node, message_type=message_type))
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """One TRAIN message per SuperNode with sampled devices, with their tiers' slices.
-        ``arrays`` and ``config`` are not used: the global state lives in the server half."""
+                        grid: Grid, records: dict[int, dict[str, ArrayRecord]] | None = None
+                        ) -> Iterable[Message]:
+        """One TRAIN message per SuperNode with sampled devices, with their tiers' slices and
+        each device's own ``records``. ``arrays`` and ``config`` are not used: the global state
+        lives in the server half."""
         devices = self.server.sample_devices(server_round)
         self.sampled = len(devices)
-        return self._messages(server_round, devices, MessageType.TRAIN)
+        return self._messages(server_round, devices, MessageType.TRAIN, records=records)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord]:
@@ -113,13 +123,32 @@ class SparseFedStrategy(Strategy):
         counts["rejected"] += strangers
         return None, MetricRecord(counts)
 
+    def secure_outcomes(self, server_round: int,
+                        replies: Iterable[Message]) -> dict[int, DeviceOutcome]:
+        """Per-device outcomes of a secure training round's replies (their errors and clear
+        metrics; the updates are in the masked sums, which the engine opens): a failed
+        SuperNode fails all its devices, a reply from an unknown node is ignored."""
+        outcomes: dict[int, DeviceOutcome] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if node not in self._sent:
+                logger.warning("round %d: ignored a reply from unknown node %d", server_round,
+                               node)
+            elif reply.has_error():
+                logger.warning("round %d: devices %s failed: %s", server_round, self._sent[node],
+                               reply.error.reason)
+                outcomes.update({device: DeviceOutcome("failed") for device in self._sent[node]})
+            else:
+                metrics = reply.content.metric_records.get("replies")
+                outcomes.update(self.server.secure_outcomes(
+                    server_round, self._sent[node], None if metrics is None else dict(metrics),
+                    _errors(reply.content)))
+        return outcomes
+
     def _node_outcomes(self, server_round: int, node: int,
                        content: RecordDict) -> dict[int, DeviceOutcome]:
         """A SuperNode's reply as the server half's per-device outcomes."""
-        errors = content.get("errors")
-        failures = ([] if errors is None else
-                    [(int(device), str(reason), bool(simulated)) for device, reason, simulated
-                     in zip(errors["devices"], errors["reasons"], errors["simulated"])])
+        failures = _errors(content)
         updates, metrics = content.get("updates"), content.get("replies")
         if updates is None and metrics is None:
             return self.server.pack_outcomes(server_round, self._sent[node], None, failures)
@@ -162,3 +191,11 @@ class SparseFedStrategy(Strategy):
     def summary(self) -> None:
         """Log the fleet and the method."""
         self.server.summary()
+
+
+def _errors(content: RecordDict) -> list[tuple[int, str, bool]]:
+    """The (device, reason, simulated) failures a reply's ``errors`` record reports."""
+    errors = content.get("errors")
+    return ([] if errors is None else
+            [(int(device), str(reason), bool(simulated)) for device, reason, simulated
+             in zip(errors["devices"], errors["reasons"], errors["simulated"])])

@@ -82,10 +82,20 @@ def aggregate_sparse_updates(global_values: np.ndarray, updates: list[SparseUpda
         weighted_delta[update.entries] += update.weight * delta
         weight[update.entries] += update.weight
         growth[update.grow_entries] += update.grow_scores
+    return (apply_weighted_deltas(global_values, weighted_delta, weight, server_lr=server_lr),
+            growth.reshape(global_values.shape))
+
+
+def apply_weighted_deltas(global_values: np.ndarray, weighted_delta: np.ndarray,
+                          weight: np.ndarray, *, server_lr: float = 1.0) -> np.ndarray:
+    """``w_e += server_lr * weighted_delta_e / weight_e`` at every entry with weight > 0
+    (the sums over devices of ``n_k (v_k,e - w_e)`` and of ``n_k``, any shape of
+    ``global_values``' size); returns the new table, float32, shaped as ``global_values``."""
+    flat = global_values.reshape(-1).astype(np.float64)
+    weighted_delta, weight = weighted_delta.reshape(-1), weight.reshape(-1)
     touched = weight > 0
     flat[touched] += server_lr * weighted_delta[touched] / weight[touched]
-    return (flat.astype(np.float32).reshape(global_values.shape),
-            growth.reshape(global_values.shape))
+    return flat.astype(np.float32).reshape(global_values.shape)
 
 
 def nested_tier_masks(top_mask: np.ndarray, weights: np.ndarray, growth: np.ndarray,

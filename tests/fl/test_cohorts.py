@@ -48,7 +48,7 @@ def test_cohorts_split_the_fleet_in_order():
 
 def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identity,
                                                                    fleet_config):
-    cfg = fleet_config("sparse.method=sparserec_no_nmf")
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.privacy.training=plain")
     data = load_dataset(cfg.data.name)
     plan = plan_fleet(cfg, data)
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),

@@ -123,7 +123,8 @@ MALFORMED = {
 @pytest.fixture()
 def trained_round(server_identity, fleet_config, fleet_data):
     """A strategy after sending round 1, and the honest replies of its devices."""
-    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.speed_jitter=0.5")
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.speed_jitter=0.5",
+                       "fl.privacy.training=plain")
     data = load_dataset(cfg.data.name)
     plan = plan_fleet(cfg, data)
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
@@ -192,7 +193,8 @@ def test_aggregation_ignores_reply_order(trained_round):
 
 def test_devices_of_a_fleet_on_the_most_interacted_items_train_on_them(server_identity,
                                                                        fleet_config):
-    cfg = fleet_config("sparse.method=sparserec_no_nmf", "data.max_items=25")
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "data.max_items=25",
+                       "fl.privacy.training=plain")
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     plan = plan_fleet(cfg, data)
     top = random_mask(data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
@@ -270,7 +272,8 @@ def test_a_round_with_too_few_successes_is_skipped(trained_round, server_identit
 
 def test_a_crashing_device_replies_with_an_error_and_keeps_its_state(fleet_config, server_identity,
                                                                      fleet_data):
-    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.crash_prob=0.5")
+    cfg = fleet_config("sparse.method=sparserec_no_nmf", "fl.crash_prob=0.5",
+                       "fl.privacy.training=plain")
     plan = plan_fleet(cfg, fleet_data)
     top = random_mask(fleet_data.n_items, cfg.model.dim, max(t.density for t in plan.tiers),
                       generator_for(0, 0, 0, "mask-init"))

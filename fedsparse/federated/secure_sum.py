@@ -1,0 +1,174 @@
+"""Secure summation by pairwise additive masking (Bonawitz et al., CCS 2017, without the double
+mask), for the federated NMF statistics (DESIGN section 4.2).
+
+Every device encodes its contribution in fixed point in the ring of integers mod 2^64 and adds
+one mask per neighbour in a seeded ring graph (each device paired with ``neighbours / 2``
+devices on either side): the mask of a pair comes from a secret only the two devices share (an
+X25519 key agreement relayed by the server, then HKDF), expanded by AES-256-CTR, added by the
+lower device id and subtracted by the higher one, so the masks cancel in the sum. A single
+masked contribution is uniformly distributed: the server learns only sums.
+
+Dropouts: a device that sent its key but not its masked vector leaves its pairs' masks in the
+sum; each surviving neighbour then reveals the secret of its pair with the dropped device
+(never one with a survivor), and the server removes those masks. The survivors split into the
+connected components of the graph without the dropped devices; only components of at least
+``min_aggregate`` devices are summed (a smaller one would be unmasked, so it is left out whole).
+
+Threat model: an honest-but-curious server that follows the protocol and colludes with fewer
+than ``neighbours / 2`` devices on either side of a device. A server that lies about who
+dropped could unmask a device; Flower's SecAgg+ adds a self-mask against that (see the README
+for why it is not used here).
+
+Plain NumPy and ``cryptography`` (no Flower).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+#: Bytes of a private key, a public key and a pair secret.
+KEY_BYTES = 32
+#: Largest |value| * 2^fraction_bits a contribution may encode; the sum over devices must stay
+#: below 2^63 too, which ``fraction_bits`` leaves room for (2^(63 - bits) in all).
+_ENCODE_LIMIT = 2.0 ** 62
+
+
+def encode_fixed(values: np.ndarray, fraction_bits: int) -> np.ndarray:
+    """``round(values * 2^fraction_bits)`` as uint64 (two's complement, mod 2^64).
+
+    Raises
+    ------
+    ValueError
+        A value that is not finite or too large for the ring.
+    """
+    scaled = np.asarray(values, dtype=np.float64) * 2.0 ** fraction_bits
+    if not np.all(np.abs(scaled) < _ENCODE_LIMIT):
+        raise ValueError(f"secure sum: a value is not finite or exceeds 2^{62 - fraction_bits}")
+    return np.rint(scaled).astype(np.int64).view(np.uint64)
+
+
+def decode_fixed(total: np.ndarray, fraction_bits: int) -> np.ndarray:
+    """A sum of :func:`encode_fixed` vectors (uint64, mod 2^64) back to float64."""
+    return total.view(np.int64).astype(np.float64) / 2.0 ** fraction_bits
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A device's X25519 key pair for one secure-sum phase (raw 32-byte encodings)."""
+
+    private: bytes
+    public: bytes
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh key pair from the operating system's randomness.
+
+        Not from the run's seed, which the server knows: the keys only decide masks that cancel
+        in the sum, so results stay reproducible.
+        """
+        return cls.from_private(os.urandom(KEY_BYTES))
+
+    @classmethod
+    def from_private(cls, private: bytes) -> KeyPair:
+        """The key pair of a 32-byte X25519 private key."""
+        key = X25519PrivateKey.from_private_bytes(private)
+        return cls(private=key.private_bytes_raw(),
+                   public=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def pair_secret(private: bytes, peer_public: bytes) -> bytes:
+    """The 32-byte secret two devices share: X25519(own private, peer public), then HKDF."""
+    if len(peer_public) != KEY_BYTES:
+        raise ValueError(f"secure sum: a public key has {len(peer_public)} bytes, not {KEY_BYTES}")
+    shared = X25519PrivateKey.from_private_bytes(private).exchange(
+        X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"fedsparse secure sum").derive(shared)
+
+
+def pair_mask(secret: bytes, step: int, size: int) -> np.ndarray:
+    """(size,) uint64 mask of a pair in step ``step``: the AES-256-CTR keystream of ``secret``
+    with the step as nonce (a fresh mask every step from one key agreement)."""
+    encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(8 * size)), dtype=np.uint64)
+
+
+def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
+                      step: int) -> np.ndarray:
+    """``encoded`` (uint64) plus the masks of ``device``'s pairs (peer -> secret): added where
+    the device has the lower id, subtracted where it has the higher (wrapping mod 2^64)."""
+    masked = encoded.copy()
+    for peer in sorted(secrets):
+        mask = pair_mask(secrets[peer], step, encoded.size)
+        if device < peer:
+            masked += mask
+        else:
+            masked -= mask
+    return masked
+
+
+def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[int, bytes],
+                   step: int) -> np.ndarray:
+    """``device``'s masked vector: ``encoded`` plus the masks it shares with each of its
+    ``peers`` (peer -> public key), from its own ``keys``."""
+    secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
+    return mask_contribution(encoded, device, secrets, step)
+
+
+def ring_neighbours(devices: list[int], neighbours: int,
+                    rng: np.random.Generator) -> dict[int, list[int]]:
+    """The mask graph: ``devices`` on a random ring (order drawn from ``rng``), each paired
+    with ``neighbours / 2`` on either side (all others when there are too few); device ->
+    sorted peers."""
+    order = rng.permutation(np.asarray(devices, dtype=np.int64))
+    count, half = len(order), neighbours // 2
+    peers: dict[int, set[int]] = {int(device): set() for device in order}
+    for position, device in enumerate(order):
+        for offset in range(1, min(half, (count - 1) // 2 + 1) + 1):
+            other = int(order[(position + offset) % count])
+            if other != device:
+                peers[int(device)].add(other)
+                peers[other].add(int(device))
+    return {device: sorted(linked) for device, linked in peers.items()}
+
+
+def summed_components(peers: dict[int, list[int]], survivors: set[int],
+                      min_aggregate: int) -> list[list[int]]:
+    """The connected components of the mask graph without the dropped devices that have at
+    least ``min_aggregate`` survivors (each a sorted device list): the sums the server may
+    learn."""
+    nodes = sorted(survivors)
+    index = {device: position for position, device in enumerate(nodes)}
+    edges = [(index[a], index[b]) for a in nodes for b in peers[a] if b in index]
+    rows, cols = (np.array(side, dtype=np.int64) for side in zip(*edges)) if edges else \
+        (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = {}
+    for device, label in zip(nodes, labels):
+        groups.setdefault(int(label), []).append(device)
+    return [group for group in groups.values() if len(group) >= min_aggregate]
+
+
+def dangling_masks(revealed: dict[tuple[int, int], bytes], step: int, size: int) -> np.ndarray:
+    """What the survivors' masks with dropped peers add to their sum, from the revealed
+    secrets ((survivor, dropped) -> secret); subtract it from the sum."""
+    total = np.zeros(size, dtype=np.uint64)
+    for (survivor, dropped), secret in sorted(revealed.items()):
+        mask = pair_mask(secret, step, size)
+        if survivor < dropped:
+            total += mask
+        else:
+            total -= mask
+    return total

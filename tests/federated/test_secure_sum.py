@@ -1,0 +1,164 @@
+"""Secure summation (pairwise masks) and federated NMF under it."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedsparse.data import synthetic_dataset
+from fedsparse.federated.faults import FaultModel
+from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
+                                     nmf_contribution, nmf_masked_steps, nmf_server_step,
+                                     plan_unmasking, reveal_secrets)
+from fedsparse.federated.secure_sum import (KeyPair, dangling_masks, decode_fixed, encode_fixed,
+                                            mask_contribution, pair_secret, ring_neighbours)
+from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
+
+BITS = 24
+
+
+def seeded_keys(devices, seed=0):
+    rng = np.random.default_rng(seed)
+    return {device: KeyPair.from_private(rng.bytes(32)) for device in devices}
+
+
+def secrets_of(keys, peers, device):
+    return {peer: pair_secret(keys[device].private, keys[peer].public) for peer in peers[device]}
+
+
+def masked_vectors(vectors, keys, peers, step=1):
+    return {device: mask_contribution(encode_fixed(vector, BITS), device,
+                                      secrets_of(keys, peers, device), step)
+            for device, vector in vectors.items()}
+
+
+def open_sum(masked, keys, peers, min_aggregate, step=1):
+    """What the server does: add what was sent, take back left-out devices, remove the masks of
+    dropped peers from the secrets their neighbours reveal."""
+    plan = plan_unmasking(peers, set(masked), min_aggregate)
+    total = np.zeros_like(next(iter(masked.values())))
+    for device in (d for group in plan.components for d in group):
+        total += masked[device]
+    revealed = {}
+    for device, dropped in plan.reveal.items():
+        secrets = reveal_secrets(keys, device, {peer: keys[peer].public for peer in dropped},
+                                 plan.component_size(device), min_aggregate)
+        revealed.update({(device, peer): secret for peer, secret in secrets.items()})
+    return decode_fixed(total - dangling_masks(revealed, step, total.size), BITS), plan
+
+
+def test_fixed_point_round_trips_within_half_a_step_and_rejects_what_does_not_fit():
+    values = np.random.default_rng(0).normal(scale=100.0, size=1000)
+    decoded = decode_fixed(encode_fixed(values, BITS), BITS)
+    assert np.max(np.abs(decoded - values)) <= 2.0 ** -(BITS + 1)
+    with pytest.raises(ValueError, match="not finite or exceeds"):
+        encode_fixed(np.array([np.nan]), BITS)
+    with pytest.raises(ValueError, match="not finite or exceeds"):
+        encode_fixed(np.array([2.0 ** 40]), BITS)
+
+
+def test_ring_graph_is_symmetric_with_the_asked_degree():
+    devices = list(range(50))
+    peers = ring_neighbours(devices, 6, np.random.default_rng(3))
+    assert all(len(peers[device]) == 6 for device in devices)
+    assert all(device in peers[peer] for device in devices for peer in peers[device])
+    assert ring_neighbours(devices, 6, np.random.default_rng(3)) == peers
+    small = ring_neighbours([0, 1, 2], 8, np.random.default_rng(0))   # fewer than the degree
+    assert small == {0: [1, 2], 1: [0, 2], 2: [0, 1]}
+
+
+def test_secure_sum_equals_the_plain_sum():
+    rng = np.random.default_rng(1)
+    devices = list(range(30))
+    vectors = {device: rng.normal(size=200) for device in devices}
+    keys = seeded_keys(devices)
+    peers = ring_neighbours(devices, 4, np.random.default_rng(0))
+    opened, plan = open_sum(masked_vectors(vectors, keys, peers), keys, peers, min_aggregate=10)
+    assert plan.excluded == [] and plan.reveal == {}
+    np.testing.assert_allclose(opened, sum(vectors.values()), atol=30 * 2.0 ** -BITS)
+
+
+def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():
+    """A device's NMF contribution (zero but at its few items) masked: its 64-bit words pass a
+    KS test against uniform, its bytes a chi-square test, and nothing marks its items."""
+    n_items, rank, items = 500, 8, np.array([3, 17, 256, 400])
+    devices = list(range(12))
+    keys = seeded_keys(devices, seed=5)
+    peers = ring_neighbours(devices, 4, np.random.default_rng(1))
+    encoded = nmf_contribution(np.linspace(0.5, 2.0, rank), items, n_items, BITS)
+    masked = mask_contribution(encoded, 4, secrets_of(keys, peers, 4), step=1)
+    words = masked.astype(np.float64) / 2.0 ** 64
+    assert stats.kstest(words, "uniform").pvalue > 1e-3
+    counts = np.bincount(masked.view(np.uint8), minlength=256)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    at_items = masked[:rank * n_items].reshape(rank, n_items)[:, items].astype(np.float64)
+    elsewhere = np.delete(masked[:rank * n_items].reshape(rank, n_items), items, axis=1)
+    assert stats.ks_2samp(at_items.ravel() / 2.0 ** 64,
+                          elsewhere.astype(np.float64).ravel() / 2.0 ** 64).pvalue > 1e-3
+    again = mask_contribution(encoded, 4, secrets_of(keys, peers, 4), step=2)
+    assert np.mean(again == masked) < 1e-3                   # a fresh mask every step
+
+
+def test_devices_that_drop_after_their_keys_went_out_do_not_break_the_sum():
+    rng = np.random.default_rng(2)
+    devices = list(range(40))
+    vectors = {device: rng.normal(size=64) for device in devices}
+    keys = seeded_keys(devices, seed=1)
+    peers = ring_neighbours(devices, 4, np.random.default_rng(2))
+    dropped = {7, 8, 21}
+    masked = {d: m for d, m in masked_vectors(vectors, keys, peers).items() if d not in dropped}
+    opened, plan = open_sum(masked, keys, peers, min_aggregate=10)
+    assert plan.excluded == []
+    assert set(plan.reveal) == {d for d in devices if d not in dropped
+                                and set(peers[d]) & dropped}
+    assert all(set(peers_dropped) <= dropped for peers_dropped in plan.reveal.values())
+    expected = sum(vectors[d] for d in devices if d not in dropped)
+    np.testing.assert_allclose(opened, expected, atol=40 * 2.0 ** -BITS)
+
+
+def test_a_survivor_cut_off_by_dropouts_is_left_out_not_unmasked():
+    devices = list(range(20))
+    keys = seeded_keys(devices, seed=2)
+    peers = ring_neighbours(devices, 2, np.random.default_rng(4))
+    lonely = 5
+    dropped = set(peers[lonely])                            # both its ring neighbours
+    plan = plan_unmasking(peers, set(devices) - dropped, min_aggregate=3)
+    assert plan.excluded == [lonely] and lonely not in plan.reveal
+    assert [len(group) for group in plan.components] == [17]
+    with pytest.raises(ValueError, match="fewer than fl.privacy.min_aggregate = 3"):
+        reveal_secrets(keys, lonely, {peer: keys[peer].public for peer in dropped}, 1, 3)
+
+
+def test_federated_nmf_under_secure_sum_equals_centralized_nmf():
+    """Three masked iterations with dropouts of no one: H equals Lee-Seung on the same R."""
+    data = synthetic_dataset(n_users=30, n_items=25, per_user=6, test_per_user=2, seed=4)
+    users, rank, seed = np.arange(30), 4, 7
+    keys = seeded_keys(list(range(30)), seed=3)
+    peers = ring_neighbours(list(range(30)), 4, np.random.default_rng(seed))
+    public = {device: {peer: keys[peer].public for peer in peers[device]} for device in peers}
+    rows, h = {}, initial_nmf_items(seed, rank, data.n_items)
+    size = contribution_size(rank, data.n_items)
+    for step in (1, 2, 3):
+        task = MaskedStep(step=step, h=None if step == 1 else h, peers=public,
+                          fraction_bits=BITS)
+        total = np.zeros(size, np.uint64)
+        for _, masked in nmf_masked_steps(data, users, rows, keys, list(range(30)), seed, rank,
+                                          task, FaultModel()):
+            total += masked
+        h, _ = nmf_server_step(h, decode_fixed(total, BITS))
+    w0 = np.stack([initial_nmf_row(seed, device, rank) for device in range(30)])
+    _, expected = nmf_multiplicative(data.train[users], w0,
+                                     initial_nmf_items(seed, rank, data.n_items), 3)
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_resend_is_the_masked_vector_sent_before():
+    data = synthetic_dataset(n_users=6, n_items=10, per_user=3, test_per_user=1, seed=0)
+    keys = seeded_keys(range(6))
+    peers = ring_neighbours(list(range(6)), 2, np.random.default_rng(0))
+    public = {d: {p: keys[p].public for p in peers[d]} for d in peers}
+    task = MaskedStep(step=1, h=None, peers=public, fraction_bits=BITS)
+    rows = {}
+    sent = dict(nmf_masked_steps(data, np.arange(6), rows, keys, [0, 1, 2], 0, 3, task,
+                                 FaultModel()))
+    again = masked_contribution(data, np.arange(6), rows, keys, 1, task)
+    np.testing.assert_array_equal(again, sent[1])
