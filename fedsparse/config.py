@@ -144,10 +144,18 @@ class PrivacyConfig:
 
     min_aggregate: int = _option(100, low=2, doc="fewest devices a sum the server opens may "
                                                  "cover (federated NMF)")
-    mask_neighbours: int = _option(8, low=2, doc="mask peers per device in the secure sum's "
-                                                 "ring graph (even: half on either side)")
-    fraction_bits: int = _option(24, low=8, high=40,
-                                 doc="fixed-point fraction bits of the secure sum (mod 2^64)")
+    mask_neighbours: int = _option(4, low=2, doc="mask peers per device in the secure sum's "
+                                                 "ring graph (even: half on either side); a "
+                                                 "device is exposed only if they all collude "
+                                                 "with the server")
+    fraction_bits: int = _option(40, low=16, high=48,
+                                 doc="fixed-point fraction bits of the secure sum (mod 2^64): "
+                                     "sums must stay below 2^(62 - bits)")
+
+    export_user_rows: bool = _option(False, doc="under flwr run and deployments, devices send "
+                                                "their user rows in the final evaluation, for "
+                                                "model.npz (a simulation reads them from the "
+                                                "simulated devices' state files instead)")
 
     def __post_init__(self) -> None:
         if self.mask_neighbours % 2:

@@ -18,7 +18,7 @@ from fedsparse.data import InteractionData
 from fedsparse.federated.cohort import DeviceTask, train_cohort
 from fedsparse.federated.faults import FaultModel, device_fault, simulated_seconds
 from fedsparse.federated.protocol import encode_update, reply_metrics
-from fedsparse.federated.secure_training import sparse_contribution
+from fedsparse.federated.secure_training import TierLayout, sparse_contribution
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.train.device import LocalTraining, UserRow, model_bytes, rank_with_items
@@ -139,6 +139,7 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                                                         "local-train"),
                                 budget_bytes=spec.tier_budget_bytes[tier] or None))
         task_tiers.append((tier, faults))
+    layouts: dict[int, TierLayout] = {}
     for task, (tier, faults), result in zip(tasks, task_tiers, train_cohort(tasks)):
         if isinstance(result, str):
             replies[task.device] = DeviceReply(error=result)
@@ -151,9 +152,12 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                                 tier_index=tier, sim_seconds=seconds)
         if spec.secure:
             late = 0.0 < spec.deadline_seconds < seconds
+            if tier not in layouts:
+                layouts[tier] = TierLayout.of(task.item_table)
             replies[task.device] = DeviceReply(
                 metrics={key: value for key, value in metrics.items() if key != "num-examples"},
-                contribution=None if late else sparse_contribution(update, task.item_table))
+                contribution=None if late else sparse_contribution(update, layouts[tier],
+                                                                   task.item_table.dim))
         else:
             replies[task.device] = DeviceReply(
                 arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),

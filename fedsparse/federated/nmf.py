@@ -22,8 +22,8 @@ import numpy as np
 from fedsparse.data import InteractionData
 from fedsparse.federated.devices import items_of
 from fedsparse.federated.faults import FaultModel, nmf_dropout
-from fedsparse.federated.secure_sum import (KeyPair, encode_fixed, mask_for_peers, pair_secret,
-                                            summed_components)
+from fedsparse.federated.secure_sum import (KeyPair, encode_fixed_sparse, mask_for_peers,
+                                            pair_secret, summed_components)
 from fedsparse.sparse.federated import (initial_nmf_items, initial_nmf_row, nmf_item_step,
                                         nmf_user_step)
 
@@ -41,10 +41,11 @@ def nmf_contribution(w_user: np.ndarray, items: np.ndarray, n_items: int,
     ``w_user`` in the columns of its items.
     """
     rank = len(w_user)
-    numerator = np.zeros((rank, n_items))
-    numerator[:, items] = w_user[:, None]                                   # (d, n_items)
-    return encode_fixed(np.concatenate([numerator.reshape(-1),
-                                        np.outer(w_user, w_user).reshape(-1)]), fraction_bits)
+    columns = (np.arange(rank)[:, None] * n_items + items[None, :]).reshape(-1)   # (d * n_u,)
+    positions = np.concatenate([columns, rank * n_items + np.arange(rank * rank)])
+    values = np.concatenate([np.repeat(w_user, len(items)), np.outer(w_user, w_user).ravel()])
+    return encode_fixed_sparse(positions, values, contribution_size(rank, n_items),
+                               fraction_bits)
 
 
 @dataclass(frozen=True)

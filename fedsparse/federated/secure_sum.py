@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -39,8 +40,8 @@ from scipy.sparse.csgraph import connected_components
 
 #: Bytes of a private key, a public key and a pair secret.
 KEY_BYTES = 32
-#: Largest |value| * 2^fraction_bits a contribution may encode; the sum over devices must stay
-#: below 2^63 too, which ``fraction_bits`` leaves room for (2^(63 - bits) in all).
+#: Largest |value| * 2^fraction_bits a contribution may encode (a sum must stay below it too:
+#: :func:`decode_fixed` checks).
 _ENCODE_LIMIT = 2.0 ** 62
 
 
@@ -58,9 +59,28 @@ def encode_fixed(values: np.ndarray, fraction_bits: int) -> np.ndarray:
     return np.rint(scaled).astype(np.int64).view(np.uint64)
 
 
+def encode_fixed_sparse(positions: np.ndarray, values: np.ndarray, size: int,
+                        fraction_bits: int) -> np.ndarray:
+    """The (size,) uint64 :func:`encode_fixed` of a vector that is ``values`` at
+    ``positions`` and 0 elsewhere."""
+    encoded = np.zeros(size, dtype=np.uint64)
+    encoded[positions] = encode_fixed(values, fraction_bits)
+    return encoded
+
+
 def decode_fixed(total: np.ndarray, fraction_bits: int) -> np.ndarray:
-    """A sum of :func:`encode_fixed` vectors (uint64, mod 2^64) back to float64."""
-    return total.view(np.int64).astype(np.float64) / 2.0 ** fraction_bits
+    """A sum of :func:`encode_fixed` vectors (uint64, mod 2^64) back to float64.
+
+    Raises
+    ------
+    ValueError
+        A sum within a factor 2 of the ring's limit, where it may have wrapped around.
+    """
+    signed = total.view(np.int64)
+    if signed.size and np.abs(signed).max() >= 2 ** 62:
+        raise ValueError(f"secure sum: a sum reached 2^{62 - fraction_bits} and may have "
+                         f"wrapped; lower fl.privacy.fraction_bits")
+    return signed.astype(np.float64) / 2.0 ** fraction_bits
 
 
 @dataclass(frozen=True)
@@ -100,17 +120,32 @@ def pair_secret(private: bytes, peer_public: bytes) -> bytes:
 def pair_mask(secret: bytes, step: int, size: int) -> np.ndarray:
     """(size,) uint64 mask of a pair in step ``step``: the AES-256-CTR keystream of ``secret``
     with the step as nonce (a fresh mask every step from one key agreement)."""
+    out = np.empty(size, dtype=np.uint64)
+    _keystream_into(secret, step, out)
+    return out
+
+
+@lru_cache(maxsize=4)
+def _zero_bytes(size: int) -> memoryview:
+    """A read-only buffer of ``size`` zero bytes, the plaintext of every keystream."""
+    return memoryview(bytes(size))
+
+
+def _keystream_into(secret: bytes, step: int, out: np.ndarray) -> None:
+    """Write :func:`pair_mask`'s keystream into ``out`` (uint64) without new buffers."""
     encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * size)), dtype=np.uint64)
+    written = encryptor.update_into(_zero_bytes(out.nbytes), memoryview(out).cast("B"))
+    if written != 8 * out.size:
+        raise RuntimeError(f"secure sum: keystream of {written} bytes, expected {8 * out.size}")
 
 
 def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
                       step: int) -> np.ndarray:
     """``encoded`` (uint64) plus the masks of ``device``'s pairs (peer -> secret): added where
     the device has the lower id, subtracted where it has the higher (wrapping mod 2^64)."""
-    masked = encoded.copy()
+    masked, mask = encoded.copy(), np.empty_like(encoded)
     for peer in sorted(secrets):
-        mask = pair_mask(secrets[peer], step, encoded.size)
+        _keystream_into(secrets[peer], step, mask)
         if device < peer:
             masked += mask
         else:

@@ -17,6 +17,8 @@ From the tiers' sums the server has exactly what per-entry weighted averaging ne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fedsparse.sparse import SparseEmbeddingTable
@@ -33,31 +35,39 @@ def secure_vector_size(n_items: int, dim: int) -> int:
     return n_items * (dim + 1)
 
 
-def sparse_contribution(update: DeviceUpdate,
-                        table: SparseEmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class TierLayout:
+    """Where a tier's entries sit in its vector: the flat ids of its active entries and of its
+    inactive ones (row-major, each ascending), and the values a device received there."""
+
+    n_items: int
+    active: np.ndarray
+    inactive: np.ndarray
+    received: np.ndarray
+
+    @classmethod
+    def of(cls, table: SparseEmbeddingTable) -> TierLayout:
+        """The layout of the tier slice ``table``."""
+        mask = table.mask().numpy().reshape(-1)                                # (n_items*d,)
+        return cls(n_items=table.n_rows, active=np.flatnonzero(mask),
+                   inactive=np.flatnonzero(~mask),
+                   received=table.storage_arrays()["values"].astype(np.float64))   # row-major
+
+
+def sparse_contribution(update: DeviceUpdate, layout: TierLayout,
+                        dim: int) -> tuple[np.ndarray, np.ndarray]:
     """A device's update in its tier's layout, as (positions (N,) int64 ascending, values (N,)
-    float64) of the vector's nonzero entries; ``table`` is the slice it trained from."""
-    n_items, dim = table.n_rows, table.dim
-    mask = table.mask().numpy().reshape(-1)                                    # (n_items*d,)
-    active, inactive = np.flatnonzero(mask), np.flatnonzero(~mask)
-    received = table.storage_arrays()["values"].astype(np.float64)            # (nnz,) row-major
-    slots = np.searchsorted(active, update.entries)                             # (E,)
+    float64) of the vector's nonzero entries."""
+    nnz = len(layout.active)
+    slots = np.searchsorted(layout.active, update.entries)                     # (E,)
     weight = float(update.examples)
-    deltas = weight * (update.values.astype(np.float64) - received[slots])
+    deltas = weight * (update.values.astype(np.float64) - layout.received[slots])
     rows = np.unique(update.entries // dim)
-    grow_slots = np.searchsorted(inactive, update.grow_entries)                 # (G,)
-    positions = np.concatenate([slots, len(active) + rows,
-                                len(active) + n_items + grow_slots])
+    grow_slots = np.searchsorted(layout.inactive, update.grow_entries)         # (G,)
+    positions = np.concatenate([slots, nnz + rows, nnz + layout.n_items + grow_slots])
     values = np.concatenate([deltas, np.full(len(rows), weight),
                              update.grow_scores.astype(np.float64)])
     return positions.astype(np.int64), values
-
-
-def dense_contribution(positions: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
-    """The (size,) float64 vector of a :func:`sparse_contribution`."""
-    vector = np.zeros(size)
-    vector[positions] = values
-    return vector
 
 
 def open_tier_sums(sums: dict[int, np.ndarray], masks: list[np.ndarray]

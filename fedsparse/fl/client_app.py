@@ -38,8 +38,8 @@ from fedsparse.federated.fleet import cohort_of, fleet_users
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
                                      nmf_masked_steps, reveal_secrets)
 from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
-from fedsparse.federated.secure_sum import KeyPair, encode_fixed, mask_for_peers
-from fedsparse.federated.secure_training import dense_contribution, secure_vector_size
+from fedsparse.federated.secure_sum import KeyPair, encode_fixed_sparse, mask_for_peers
+from fedsparse.federated.secure_training import secure_vector_size
 from fedsparse.fl.records import (arrays_record, device_key, keys_record, record_arrays,
                                   record_keys, slice_from_record)
 from fedsparse.sparse import SparseEmbeddingTable
@@ -197,7 +197,7 @@ def _masked_training_sums(msg: Message, context: Context,
     sums: dict[int, tuple[np.ndarray, list[int]]] = {}
     for device in sorted(contributions):
         tier, (positions, values) = contributions[device]
-        encoded = encode_fixed(dense_contribution(positions, values, size), bits)
+        encoded = encode_fixed_sparse(positions, values, size, bits)
         peers = record_keys(msg.content[device_key("peers", device)])
         total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
         total += mask_for_peers(encoded, device, keys[device], peers, step)

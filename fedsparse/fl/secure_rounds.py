@@ -82,9 +82,10 @@ def collect_public_keys(grid: Grid, addressed: dict[int, list[int]],
     public: dict[int, bytes] = {}
     key_bytes: dict[int, int] = {}
     for reply in replies:
+        records = reply.content.array_records                  # a view built on each access
         for device in addressed[int(reply.metadata.src_node_id)]:
             key = device_key("key", device)
-            record = reply.content.array_records.get(key)
+            record = records.get(key)
             if record is not None:
                 public.update(record_keys(record))
                 key_bytes[device] = _record_bytes(key, record)
@@ -97,10 +98,11 @@ def masked_sums(replies: list[Message], size: int,
     name (mod 2^64), with the devices in each."""
     sums: dict[str, tuple[np.ndarray, set[int]]] = {}
     for reply in replies:
-        for key in reply.content.array_records:
+        records = reply.content.array_records                  # a view built on each access
+        for key, record in records.items():
             if key != prefix and not key.startswith(prefix + "."):
                 continue
-            arrays = record_arrays(reply.content.array_records[key])
+            arrays = record_arrays(record)
             masked = arrays.get("masked")
             if masked is None or masked.shape != (size,) or masked.dtype != np.uint64:
                 raise FedsparseError(f"secure sum: malformed {key} from node "
@@ -159,9 +161,10 @@ def open_sum(grid: Grid, node_devices: dict[int, list[int]], config: dict, group
                 component=np.array([plan.component_size(device)], np.int64))
             for device in devices}) for devices in asked.values()]
         for reply in query_all(grid, list(asked), contents):
+            records = reply.content.array_records              # a view built on each access
             for device in asked[int(reply.metadata.src_node_id)]:
                 key = device_key("reveal", device)
-                record = reply.content.array_records.get(key)
+                record = records.get(key)
                 if record is None:
                     raise FedsparseError(f"secure sum: no reveal from device {device}")
                 revealed.update({(device, peer): secret

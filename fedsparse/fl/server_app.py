@@ -29,7 +29,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedsparse.config import ExperimentConfig, config_toml, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import FedsparseError
-from fedsparse.federated.checkpoint import ServerState, save_server_state
+from fedsparse.federated.checkpoint import (ServerState, restore_cohort_state,
+                                            save_server_state)
+from fedsparse.federated.devices import CohortState
 from fedsparse.federated.fleet import FleetPlan, fleet_identity, plan_fleet, supernode_count
 from fedsparse.federated.methods import fleet_method
 from fedsparse.federated.rounds import run_rounds
@@ -130,10 +132,10 @@ def initial_top_mask(grid: Grid, node_devices: dict[int, list[int]], cfg: Experi
 
 
 def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
-              final: bool) -> dict[str, float]:
-    """Every device ranks all items, ``EVALUATION_BATCH`` devices per round trip; the final
-    evaluation also collects the user rows."""
-    config = config_record({"export-user": final})
+              export_user: bool) -> dict[str, float]:
+    """Every device ranks all items, ``EVALUATION_BATCH`` devices per round trip; with
+    ``export_user`` they also send their user rows."""
+    config = config_record({"export-user": export_user})
     messages = list(strategy.configure_evaluate(server_round, None, config, grid))
     replies = []
     for start in range(0, len(messages), EVALUATION_BATCH):
@@ -175,8 +177,8 @@ class _FlowerRounds:
     """The round loop's engine on a Flower ``Grid``
     (:class:`~fedsparse.federated.rounds.RoundEngine`)."""
 
-    def __init__(self, strategy: SparseFedStrategy, grid: Grid) -> None:
-        self.strategy, self.grid = strategy, grid
+    def __init__(self, strategy: SparseFedStrategy, grid: Grid, *, export_user: bool) -> None:
+        self.strategy, self.grid, self.export_user = strategy, grid, export_user
 
     def train_round(self, server_round: int) -> dict:
         if self.strategy.server.secure:
@@ -187,7 +189,8 @@ class _FlowerRounds:
         return {"sampled": self.strategy.sampled, **{key: counts[key] for key in counts}}
 
     def evaluate(self, server_round: int, *, final: bool) -> dict[str, float]:
-        return _evaluate(self.strategy, self.grid, server_round, final=final)
+        return _evaluate(self.strategy, self.grid, server_round,
+                         export_user=final and self.export_user)
 
 
 def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,
@@ -239,13 +242,31 @@ def run_fleet(grid: Grid, cfg: ExperimentConfig, data: InteractionData, plan: Fl
         save_server_state(saved, server.server_state(server_round, rows, init_seconds),
                           config_text)
 
-    history = run_rounds(server, _FlowerRounds(strategy, grid), cfg, done=done, history=history,
+    export_user = device_state_dir is None and cfg.fl.privacy.export_user_rows
+    history = run_rounds(server, _FlowerRounds(strategy, grid, export_user=export_user), cfg,
+                         done=done, history=history,
                          checkpoint=checkpoint if device_state_dir is not None else None)
+    if device_state_dir is not None:
+        _read_user_rows(server, cfg, node_devices, device_state_dir)
     run = FleetRun(cfg=cfg, plan=plan, data=data, item=server.item, masks=server.masks,
                    ledger=server.ledger, history=pd.DataFrame(history),
                    init_seconds=init_seconds, devices_per_node=devices_per_node)
     write_fleet_run(out_dir, run)
     return run
+
+
+def _read_user_rows(server: FleetServer, cfg: ExperimentConfig,
+                    node_devices: dict[int, list[int]], device_state_dir: Path) -> None:
+    """The simulated devices' final user rows, for ``model.npz``, from their state files (the
+    devices' own storage; no message carries them): a cohort that never trained keeps its
+    seeded rows."""
+    for devices in node_devices.values():
+        saved = restore_cohort_state(str(device_state_dir), np.array(devices, np.int64),
+                                     cfg.fl.rounds)
+        state = (CohortState.from_arrays(saved) if saved is not None else
+                 CohortState.initial(devices, cfg.seed, cfg.model.dim, cfg.model.init_std))
+        for device in devices:
+            server.ledger.user_rows[device] = state.row(device).values
 
 
 def build_server_app(cfg: ExperimentConfig, data: InteractionData, plan: FleetPlan,

@@ -14,11 +14,11 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 here=simulations/fleet_throughput
 out=${OUT:-/tmp/fleet_throughput}
 rm -rf "$out"; mkdir -p "$out" "$here/results"
-run() {   # name, config, then --set overrides
-  local name=$1 config=$2; shift 2
+run() {   # name, config, then --set overrides; plain training replies, as the table was
+  local name=$1 config=$2; shift 2  # measured (before secure summation became the default)
   mkdir -p "$here/results/$name"
   python "$here/peak_rss.py" "$here/results/$name/peak_rss.json" -- \
-      fedsparse simulate "$config" --out "$out/$name" "$@"
+      fedsparse simulate "$config" --out "$out/$name" --set fl.privacy.training=plain "$@"
   cp "$out/$name"/{metrics.json,history.csv,runtime.json,config.toml} "$here/results/$name/"
 }
 bare() {  # name, SuperNodes

@@ -13,7 +13,7 @@ from fedsparse.federated.secure_sum import (KeyPair, dangling_masks, decode_fixe
                                             mask_contribution, pair_secret, ring_neighbours)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
 
-BITS = 24
+BITS = 40
 
 
 def seeded_keys(devices, seed=0):

@@ -3,14 +3,14 @@
 import numpy as np
 import torch
 
-from fedsparse.federated.secure_sum import decode_fixed, encode_fixed
-from fedsparse.federated.secure_training import (dense_contribution, open_tier_sums,
+from fedsparse.federated.secure_sum import decode_fixed, encode_fixed_sparse
+from fedsparse.federated.secure_training import (TierLayout, open_tier_sums,
                                                  secure_vector_size, sparse_contribution)
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.sparse.federated import SparseUpdate, aggregate_sparse_updates, apply_weighted_deltas
 from fedsparse.train.device import DeviceUpdate
 
-N_ITEMS, DIM, BITS = 30, 8, 24
+N_ITEMS, DIM, BITS = 30, 8, 40
 
 
 def random_update(rng, table, mask, weight):
@@ -50,9 +50,9 @@ def test_the_tiers_opened_sums_aggregate_like_the_plain_updates():
                                   entries=update.entries, values=update.values,
                                   grow_entries=update.grow_entries,
                                   grow_scores=update.grow_scores))
-        positions, values = sparse_contribution(update, table)
+        positions, values = sparse_contribution(update, TierLayout.of(table), DIM)
         assert np.all(np.diff(positions) > 0) and positions.max() < size
-        sums[tier] += encode_fixed(dense_contribution(positions, values, size), BITS)
+        sums[tier] += encode_fixed_sparse(positions, values, size, BITS)
     expected_item, expected_growth = aggregate_sparse_updates(item, plain, server_lr=2.0)
     weighted_delta, weight, growth = open_tier_sums(
         {tier: decode_fixed(total, BITS) for tier, total in sums.items()}, masks)

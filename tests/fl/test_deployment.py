@@ -25,9 +25,11 @@ def test_three_cohort_supernodes_run_the_fleet_and_every_process_is_stopped(flee
                                                                              tmp_path, capsys):
     config = tmp_path / "fleet.toml"
     # the densest tier sparse too (4 KB): masks come from one federated NMF round trip;
-    # 8 devices on 3 SuperNodes of 3, 3 and 2
+    # 8 devices on 3 SuperNodes of 3, 3 and 2; real devices send their user rows only when
+    # asked to (for model.npz)
     dump_config(fleet_config("fl.max_devices=8", "fl.devices_per_node=3", "fl.nmf_rounds=1",
-                             "fl.tiers.large.budget_bytes=4000"), config)
+                             "fl.tiers.large.budget_bytes=4000",
+                             "fl.privacy.export_user_rows=true"), config)
     out, flwr_home = tmp_path / "run", tmp_path / "flwr-home"
 
     assert main(["deploy-local", str(config), "--set", "name=deployed", "--out", str(out),
