@@ -154,10 +154,13 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
             late = 0.0 < spec.deadline_seconds < seconds
             if tier not in layouts:
                 layouts[tier] = TierLayout.of(task.item_table)
+            contribution = sparse_contribution(update, layouts[tier], task.item_table.dim)
+            if not np.all(np.isfinite(contribution[1])):     # the server cannot check it
+                replies[task.device] = DeviceReply(error="update not finite")
+                continue
             replies[task.device] = DeviceReply(
                 metrics={key: value for key, value in metrics.items() if key != "num-examples"},
-                contribution=None if late else sparse_contribution(update, layouts[tier],
-                                                                   task.item_table.dim))
+                contribution=None if late else contribution)
         else:
             replies[task.device] = DeviceReply(
                 arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),

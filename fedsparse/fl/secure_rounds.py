@@ -77,8 +77,8 @@ def collect_public_keys(grid: Grid, addressed: dict[int, list[int]],
                         config: dict) -> tuple[dict[int, bytes], dict[int, int]]:
     """Every addressed device's fresh public key (a device that does not answer, offline, is
     left out), and the bytes of each one's key record."""
-    replies = query_all(grid, list(addressed),
-                        [_content(config, "secure-keys", devices) for devices in addressed.values()])
+    replies = query_all(grid, list(addressed), [_content(config, "secure-keys", devices)
+                                                for devices in addressed.values()])
     public: dict[int, bytes] = {}
     key_bytes: dict[int, int] = {}
     for reply in replies:
