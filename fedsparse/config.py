@@ -152,6 +152,9 @@ class PrivacyConfig:
                                  doc="fixed-point fraction bits of the secure sum (mod 2^64): "
                                      "sums must stay below 2^(62 - bits)")
 
+    pseudo_items: float = _option(0.0, low=0.0, high=64.0,
+                                  doc="plain training only: rows a device did not train on that "
+                                      "it reports with a positive's change, per positive row")
     export_user_rows: bool = _option(False, doc="under flwr run and deployments, devices send "
                                                 "their user rows in the final evaluation, for "
                                                 "model.npz (a simulation reads them from the "
@@ -161,6 +164,9 @@ class PrivacyConfig:
         if self.mask_neighbours % 2:
             raise ConfigError(f"fl.privacy.mask_neighbours: must be even; got "
                               f"{self.mask_neighbours}")
+        if self.pseudo_items > 0 and self.training != "plain":
+            raise ConfigError("fl.privacy.pseudo_items: needs fl.privacy.training = \"plain\" "
+                              "(secure replies name no rows)")
 
 
 @dataclass(frozen=True, kw_only=True)

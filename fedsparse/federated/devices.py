@@ -18,6 +18,7 @@ from fedsparse.data import InteractionData
 from fedsparse.federated.cohort import DeviceTask, train_cohort
 from fedsparse.federated.faults import FaultModel, device_fault, simulated_seconds
 from fedsparse.federated.protocol import encode_update, reply_metrics
+from fedsparse.federated.pseudo_items import add_pseudo_items
 from fedsparse.federated.secure_training import TierLayout, sparse_contribution
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
@@ -91,6 +92,7 @@ class TrainRound:
     faults: FaultModel
     secure: bool = False
     deadline_seconds: float = 0.0
+    pseudo_items: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,11 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                 metrics={key: value for key, value in metrics.items() if key != "num-examples"},
                 contribution=None if late else contribution)
         else:
+            if spec.pseudo_items > 0:
+                update = add_pseudo_items(update, task.item_table, task.positives,
+                                          spec.pseudo_items, generator_for(
+                                              spec.seed, spec.server_round, task.device,
+                                              "pseudo-items"))
             replies[task.device] = DeviceReply(
                 arrays=encode_update(update, dim=task.item_table.dim, topk=task.hp.growth_topk),
                 metrics=metrics)

@@ -210,7 +210,8 @@ class FleetServer:
                 "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter,
                 "secure": self.secure, "secure-step": TRAINING_STEP_BASE + server_round,
                 "fraction-bits": fl.privacy.fraction_bits,
-                "deadline-seconds": fl.deadline_seconds}
+                "deadline-seconds": fl.deadline_seconds,
+                "pseudo-items": fl.privacy.pseudo_items}
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's

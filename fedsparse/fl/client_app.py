@@ -136,7 +136,8 @@ def train(msg: Message, context: Context) -> Message:
                           offline_prob=float(config["offline-prob"]),
                           offline_rounds=int(config["offline-rounds"]),
                           speed_jitter=float(config["speed-jitter"])),
-        secure=bool(config["secure"]), deadline_seconds=float(config["deadline-seconds"]))
+        secure=bool(config["secure"]), deadline_seconds=float(config["deadline-seconds"]),
+        pseudo_items=float(config["pseudo-items"]))
     replies = train_devices(data, users, state, pairs, _tables(msg, pairs, data.n_items, dim),
                             spec)
     context.state["cohort"] = arrays_record(state.arrays())

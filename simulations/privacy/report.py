@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from run import SETTINGS
+
 from fedsparse.report.tables import replace_block
 
 HERE = Path(__file__).resolve().parent
@@ -19,10 +21,9 @@ def run_row(out: Path) -> dict:
     """One run's accuracy, bytes and attack results."""
     metrics = json.loads((out / "metrics.json").read_text())
     attacks = json.loads((out / "attack.json").read_text())["attacks"]
-    config = (out / "config.toml").read_text()
     nmf = pd.read_csv(out / "nmf_history.csv")
-    setting = "secure_sum" if 'training = "secure_sum"' in config else "plain"
-    row = {"setting": setting, "seed": int(out.name.rsplit("seed", 1)[1]),
+    setting, seed = out.name.rsplit("_seed", 1)
+    row = {"setting": setting, "seed": int(seed),
            "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
            "up MB / round": metrics["up_bytes_per_round"] / 1e6,
            "NMF: fewest devices in a sum": int(nmf["summed"].min())}
@@ -37,7 +38,9 @@ def run_row(out: Path) -> dict:
 def main() -> None:
     rows = [run_row(out) for out in sorted((HERE / "results").iterdir())
             if (out / "attack.json").exists()]
-    runs = pd.DataFrame(rows).sort_values(["setting", "seed"])
+    order = {setting: i for i, setting in enumerate(SETTINGS)}
+    runs = pd.DataFrame(rows).sort_values(["setting", "seed"], key=lambda column: column.map(
+        order) if column.name == "setting" else column)
     means = runs.drop(columns="seed").groupby("setting", sort=False).mean()
     lines = [runs.to_markdown(index=False, floatfmt=".4f"), "",
              "Means over seeds:", "", means.reset_index().to_markdown(index=False,
@@ -56,6 +59,13 @@ def main() -> None:
             f"- Federated NMF: every opened sum covered at least "
             f"**{int(min(means['NMF: fewest devices in a sum']))}** devices "
             f"(fl.privacy.min_aggregate = 100)."]
+        for setting in (name for name in means.index if name.startswith("pseudo")):
+            row = means.loc[setting]
+            lines.append(f"- {setting}: Recall@20 / plain "
+                         f"**{row['recall@20'] / plain['recall@20']:.4f}**, direction AUC "
+                         f"**{row['direction AUC']:.3f}**, touched AUC "
+                         f"**{row['touched AUC']:.3f}**, upload / plain "
+                         f"**{row['up MB / round'] / plain['up MB / round']:.2f}x**.")
     replace_block(HERE / "README.md", "privacy", "\n".join(lines))
 
 

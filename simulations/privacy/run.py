@@ -1,9 +1,10 @@
-"""The curious-server benchmark: the LastFM fleet (``configs/fleets/lastfm.toml``) with plain and
-with secure training replies, seeds 0 and 1, each run watched by
+"""The curious-server benchmark: the LastFM fleet (``configs/fleets/lastfm.toml``) with plain
+training replies, plain with 1 and 4 pseudo-items per positive, and secure replies, seeds 0
+and 1, each run watched by
 :class:`curious_server.CuriousServer`; writes ``results/<setting>_seed<seed>/`` (the run's
 results directory without ``model.npz`` and checkpoints, and ``attack.json``).
 
-    python simulations/privacy/run.py [--settings plain secure_sum] [--seeds 0 1]
+    python simulations/privacy/run.py [--settings plain pseudo_1 pseudo_4 secure_sum] [--seeds 0 1]
 
 Run it alone on the machine (a simulation uses every core).
 """
@@ -29,6 +30,8 @@ from fedsparse.fl.simulation import simulate  # noqa: E402
 
 CONFIG = HERE.parents[1] / "configs" / "fleets" / "lastfm.toml"
 SETTINGS = {"plain": ["fl.privacy.training=plain"],
+            "pseudo_1": ["fl.privacy.training=plain", "fl.privacy.pseudo_items=1"],
+            "pseudo_4": ["fl.privacy.training=plain", "fl.privacy.pseudo_items=4"],
             "secure_sum": ["fl.privacy.training=secure_sum"]}
 
 
