@@ -151,7 +151,8 @@ def train(msg: Message, context: Context) -> Message:
             "simulated": [replies[device].simulated_fault for device in failed]})
     trained = {device: reply for device, reply in replies.items() if not reply.error}
     if trained and spec.secure:
-        contributions = {device: (dict(pairs)[device], reply.contribution)
+        tier_of = dict(pairs)
+        contributions = {device: (tier_of[device], reply.contribution)
                          for device, reply in trained.items() if reply.contribution is not None}
         context.state["secure-round"] = _contributions_record(contributions)
         content.update(_masked_training_sums(msg, context, contributions, data.n_items, dim))
@@ -164,8 +165,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _contributions_record(contributions: Contributions
-                          ) -> ArrayRecord:
+def _contributions_record(contributions: Contributions) -> ArrayRecord:
     """The round's sparse contributions (device -> tier, (positions, values)), kept for a
     resend."""
     devices = sorted(contributions)
@@ -179,6 +179,7 @@ def _contributions_record(contributions: Contributions
 
 
 def _stored_contributions(context: Context) -> Contributions:
+    """The round's contributions kept by :func:`_contributions_record`."""
     arrays = record_arrays(context.state["secure-round"])
     ends = np.cumsum(arrays["counts"])
     return {int(device): (int(tier), (arrays["positions"][end - count:end],
@@ -187,8 +188,7 @@ def _stored_contributions(context: Context) -> Contributions:
                                                 arrays["counts"], ends)}
 
 
-def _masked_training_sums(msg: Message, context: Context,
-                          contributions: Contributions,
+def _masked_training_sums(msg: Message, context: Context, contributions: Contributions,
                           n_items: int, dim: int) -> dict[str, ArrayRecord]:
     """``secure.<tier>``: the sum (mod 2^64) of the masked vectors of the cohort's devices in
     each tier, and which devices are in it."""

@@ -8,8 +8,10 @@ candidates), beside what a random guess gets (|P| / candidates):
 * ``touched``: the rows a plain training reply names, over all items (a touched row scores 1);
 * ``direction``: among the touched rows of a plain reply, the rows whose change best aligns
   with the dominant direction of the device's update (its first singular vector; positives
-  are pulled toward the user's vector, negatives pushed away; the sign is the one that puts the
-  smaller group on top, as negatives outnumber positives);
+  are pulled toward the user's vector, negatives pushed away). The server knows the protocol's
+  settings, so it takes the sign that puts on top the share of rows it expects to move like
+  positives: (1 + pseudo-items) / (1 + pseudo-items + negatives) per positive;
+  ``direction_best`` takes, reply by reply, whichever sign ranks better (an upper bound);
 * ``masked``: a secure training reply or federated NMF reply read as if it were plain (each
   item's weight or W_u^T R_u column, decoded from the masked sum of the device's SuperNode),
   over all items.
@@ -37,20 +39,24 @@ def attack_scores(scores: np.ndarray, positives: np.ndarray) -> tuple[float, flo
             count / len(scores))
 
 
-def direction_scores(delta: np.ndarray) -> np.ndarray:
+def direction_scores(delta: np.ndarray, positive_share: float) -> np.ndarray:
     """Each touched row's projection on the update's dominant direction, signed so that the
-    smaller side scores high. ``delta`` (T, d) is the rows' change."""
+    share of rows scoring above 0 is the closer to ``positive_share``. ``delta`` (T, d) is the
+    rows' change."""
     _, _, vt = np.linalg.svd(delta, full_matrices=False)
     projection = delta @ vt[0]                                           # (T,)
-    return projection if (projection > 0).sum() <= (projection < 0).sum() else -projection
+    share = float((projection > 0).mean())
+    return projection if abs(share - positive_share) <= abs(1 - share - positive_share) \
+        else -projection
 
 
 class CuriousServer:
     """Collects attack results from every (sent, reply) pair of a run (an ``observer``)."""
 
-    def __init__(self, data: InteractionData, users: np.ndarray, dim: int,
-                 fraction_bits: int) -> None:
+    def __init__(self, data: InteractionData, users: np.ndarray, dim: int, fraction_bits: int,
+                 negatives: int, pseudo_items: float) -> None:
         self.data, self.users, self.dim, self.bits = data, users, dim, fraction_bits
+        self.positive_share = (1 + pseudo_items) / (1 + pseudo_items + negatives)
         self.results: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
         self.message_kinds: set[str] = set()
 
@@ -96,8 +102,11 @@ class CuriousServer:
             touched[rows] = 1.0
             self.results["touched"].append(attack_scores(touched, positives))
             if 0 < positives[rows].sum() < len(rows):
-                self.results["direction"].append(attack_scores(
-                    direction_scores(after - before[tier][rows]), positives[rows]))
+                scores = direction_scores(after - before[tier][rows], self.positive_share)
+                informed = attack_scores(scores, positives[rows])
+                flipped = attack_scores(-scores, positives[rows])
+                self.results["direction"].append(informed)
+                self.results["direction_best"].append(max(informed, flipped))
 
     def _masked(self, arrays: dict[str, np.ndarray], tier_slice) -> None:
         n_items = self.data.n_items

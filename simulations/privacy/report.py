@@ -14,7 +14,7 @@ from run import SETTINGS
 from fedsparse.report.tables import replace_block
 
 HERE = Path(__file__).resolve().parent
-ATTACKS = ("touched", "direction", "masked")
+ATTACKS = ("touched", "direction", "direction_best", "masked")
 
 
 def run_row(out: Path) -> dict:
@@ -63,7 +63,9 @@ def main() -> None:
             row = means.loc[setting]
             lines.append(f"- {setting}: Recall@20 / plain "
                          f"**{row['recall@20'] / plain['recall@20']:.4f}**, direction AUC "
-                         f"**{row['direction AUC']:.3f}**, touched AUC "
+                         f"**{row['direction AUC']:.3f}** (best sign "
+                         f"**{row['direction_best AUC']:.3f}**, precision at |P| "
+                         f"**{row['direction_best P@|P| / random']:.2f}x** random), touched AUC "
                          f"**{row['touched AUC']:.3f}**, upload / plain "
                          f"**{row['up MB / round'] / plain['up MB / round']:.2f}x**.")
     replace_block(HERE / "README.md", "privacy", "\n".join(lines))

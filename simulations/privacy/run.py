@@ -40,7 +40,8 @@ def run(setting: str, seed: int) -> Path:
     cfg = load_config(CONFIG, [f"seed={seed}", *SETTINGS[setting]], fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     curious = CuriousServer(data, plan_fleet(cfg, data).users, cfg.model.dim,
-                            cfg.fl.privacy.fraction_bits)
+                            cfg.fl.privacy.fraction_bits, cfg.fl.negatives,
+                            cfg.fl.privacy.pseudo_items)
     out = HERE / "results" / f"{setting}_seed{seed}"
     if out.exists():
         shutil.rmtree(out)
