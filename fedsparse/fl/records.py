@@ -8,16 +8,21 @@ records are per tier or per device, named ``<kind>.<id>`` (:func:`device_key`):
   cohort's devices addressed, per-tier lists, the local hyperparameters) and ``item.<tier>``,
   the tier's sparse item slice as stored (``values``, ``row_counts``, ``index``), once per
   tier the cohort's devices need;
-* up (TRAIN): ``update.<device>`` (the update's arrays) and ``reply.<device>`` (its metrics),
-  or ``error.<device>`` (``reason``, ``simulated``) for a device that failed;
-* up (EVALUATE): ``metrics.<device>`` and, on the final evaluation, ``user.<device>``;
+* up (TRAIN, plain): ``updates`` and ``replies``, the cohort's updates and metrics packed
+  (:func:`~fedsparse.federated.protocol.pack_updates`), and ``errors`` (``devices``,
+  ``reasons``, ``simulated``) for devices that failed;
+* up (EVALUATE): ``metrics.<device>`` and, when the server asks (``export-user``: the final
+  evaluation of a deployment with ``fl.privacy.export_user_rows``), ``user.<device>``;
 * QUERY ``profile``: up ``profile`` with the cohort's ``devices``;
 * QUERY ``secure-keys``: up ``key.<device>`` (a public key) per device;
 * QUERY ``nmf`` (and ``nmf-resend``): down ``h`` (after the first step) and ``peers.<device>``
   (its mask peers' public keys), up ``nmf`` (``masked``: the sum of the masked contributions
   of the cohort's ``devices`` that sent one, mod 2^64);
-* QUERY ``nmf-reveal``: down ``dropped.<device>`` (dropped peers' public keys and the size of
-  the sum to open), up ``reveal.<device>`` (the pair secrets with them).
+* QUERY ``secure-reveal``: down ``dropped.<device>`` (dropped peers' public keys and the size
+  of the sum to open), up ``reveal.<device>`` (the pair secrets with them);
+* TRAIN under secure summation: down also ``peers.<device>``; up ``secure.<tier>`` (the masked
+  sum of the cohort's devices of that tier, and their ``devices``) and ``replies`` (their clear
+  metrics), or ``errors``; QUERY ``train-resend``: ``secure.<tier>`` again for some devices.
 
 What one device sends and receives is its own records: the records a message to it alone
 would carry (:func:`message_bytes` of those is what the byte ledger counts).
