@@ -1,5 +1,5 @@
 """Secure summation by pairwise additive masking (Bonawitz et al., CCS 2017, without the double
-mask), for the federated NMF statistics (DESIGN section 4.2).
+mask), for the federated NMF statistics and the training updates (DESIGN section 4.2).
 
 Every device encodes its contribution in fixed point in the ring of integers mod 2^64 and adds
 one mask per neighbour in a seeded ring graph (each device paired with ``neighbours / 2``
@@ -14,8 +14,8 @@ sum; each surviving neighbour then reveals the secret of its pair with the dropp
 connected components of the graph without the dropped devices; only components of at least
 ``min_aggregate`` devices are summed (a smaller one would be unmasked, so it is left out whole).
 
-Threat model: an honest-but-curious server that follows the protocol and colludes with fewer
-than ``neighbours / 2`` devices on either side of a device. A server that lies about who
+Threat model: an honest-but-curious server that follows the protocol and does not collude with
+all of a device's peers (who together hold every mask on its vector). A server that lies about who
 dropped could unmask a device; Flower's SecAgg+ adds a self-mask against that (see the README
 for why it is not used here).
 
@@ -184,6 +184,8 @@ def summed_components(peers: dict[int, list[int]], survivors: set[int],
     least ``min_aggregate`` survivors (each a sorted device list): the sums the server may
     learn."""
     nodes = sorted(survivors)
+    if not nodes:
+        return []
     index = {device: position for position, device in enumerate(nodes)}
     edges = [(index[a], index[b]) for a in nodes for b in peers[a] if b in index]
     rows, cols = (np.array(side, dtype=np.int64) for side in zip(*edges)) if edges else \

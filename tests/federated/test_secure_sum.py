@@ -124,6 +124,7 @@ def test_a_survivor_cut_off_by_dropouts_is_left_out_not_unmasked():
     plan = plan_unmasking(peers, set(devices) - dropped, min_aggregate=3)
     assert plan.excluded == [lonely] and lonely not in plan.reveal
     assert [len(group) for group in plan.components] == [17]
+    assert plan_unmasking(peers, set(), min_aggregate=3).components == []      # nobody sent
     with pytest.raises(ValueError, match="fewer than fl.privacy.min_aggregate = 3"):
         reveal_secrets(keys, lonely, {peer: keys[peer].public for peer in dropped}, 1, 3)
 
