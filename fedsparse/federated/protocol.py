@@ -323,6 +323,7 @@ def secure_own_bytes(size: int, metrics: Mapping[str, int | float]) -> int:
     """Bytes a deployed device sends in a secure training round: its masked vector (``size``
     uint64 and its one-entry ``devices`` list, under ``masked``/``devices``) and its clear
     metrics, counted as :func:`own_bytes` counts them."""
-    arrays = {"masked": np.zeros(size, np.uint64), "devices": np.zeros(1, np.int64)}
-    return (sum(npy_bytes(array) + len(key) for key, array in arrays.items())
+    arrays = {"masked": (np.uint64, size), "devices": (np.int64, 1)}     # dtype, length
+    return (sum(_npy_header_bytes(np.dtype(dtype).str, (length,)) + 8 * length + len(key)
+                for key, (dtype, length) in arrays.items())
             + sum(8 + len(key) for key in metrics))

@@ -239,12 +239,7 @@ class FleetServer:
         sent none; a pack of empty dicts is rejected as malformed), checked and decoded device
         by device. A malformed pack rejects all its devices, which share its ``pack_bytes``;
         devices of ``sent`` the reply does not name get no outcome."""
-        outcomes = {}
-        for device, reason, simulated in errors:
-            if device in sent:
-                logger.log(logging.DEBUG if simulated else logging.WARNING,
-                           "round %d: device %d failed: %s", server_round, device, reason)
-                outcomes[device] = DeviceOutcome("failed")
+        outcomes = _failures(server_round, sent, errors)
         if pack is None:
             return outcomes
         pending = [device for device in sent if device not in outcomes]
@@ -288,12 +283,7 @@ class FleetServer:
         """Each device's part of a SuperNode's training reply under secure summation: the
         errors it reports and the metrics it sent in the clear (its update is in its tier's
         masked sum); malformed metrics reject the SuperNode's devices."""
-        outcomes = {}
-        for device, reason, simulated in errors:
-            if device in sent:
-                logger.log(logging.DEBUG if simulated else logging.WARNING,
-                           "round %d: device %d failed: %s", server_round, device, reason)
-                outcomes[device] = DeviceOutcome("failed")
+        outcomes = _failures(server_round, sent, errors)
         if metrics is None:
             return outcomes
         pending = [device for device in sent if device not in outcomes]
@@ -420,3 +410,16 @@ class FleetServer:
         logger.info("federated %s: %d devices, tiers %s", self.cfg.sparse.method,
                     self.plan.n_devices, ", ".join(f"{t.name} (density {t.density:.3f})"
                                                    for t in self.plan.tiers))
+
+
+def _failures(server_round: int, sent: list[int],
+              errors: list[tuple[int, str, bool]]) -> dict[int, DeviceOutcome]:
+    """A ``"failed"`` outcome for each device of ``sent`` a reply reports an error for
+    (device, reason, simulated), logged (simulated faults at DEBUG)."""
+    outcomes = {}
+    for device, reason, simulated in errors:
+        if device in sent:
+            logger.log(logging.DEBUG if simulated else logging.WARNING,
+                       "round %d: device %d failed: %s", server_round, device, reason)
+            outcomes[device] = DeviceOutcome("failed")
+    return outcomes
