@@ -77,6 +77,13 @@ def _simulate(args: argparse.Namespace) -> int:
         lines.append(f"  {name:>10}: {tier['devices']} devices, budget {tier['budget_bytes']} B, "
                      f"density {tier['density']:.3f}, model <= {tier['model_bytes_max']} B, "
                      f"recall@{k} {tier[f'recall@{k}']:.4f}, ndcg@{k} {tier[f'ndcg@{k}']:.4f}")
+    if "reference" in metrics:
+        reference = metrics["reference"]
+        lines.append(f"  centralized {reference['model']} ({reference['method']}, "
+                     f"{cfg.fl.reference_config}) on the same data: recall@{k} "
+                     f"{reference[f'recall@{k}']:.4f}; the fleet reaches "
+                     f"{metrics[f'recall@{k}'] / reference[f'recall@{k}']:.2f}x of it "
+                     f"({out_dir / 'reference'})")
     lines.append(f"  results: {out_dir}")
     print("\n".join(lines))
     return 0

@@ -40,7 +40,8 @@ class DataConfig:
     name: str = _option("lastfm", doc="bundled dataset name (lastfm, gowalla) or a directory path")
     split: str = _option("test", choices=("test", "val"),
                          doc="test: train on train, evaluate on test; val: train on train minus "
-                             "val, evaluate on val (for tuning)")
+                             "val, evaluate on val (for tuning; without a validation file, a "
+                             "fixed seeded 10% of each user's training interactions)")
     max_items: int = _option(0, low=0, doc="keep only this many items, those with the most "
                                            "training interactions, renumbered in ascending id "
                                            "(0: all items)")
@@ -75,19 +76,23 @@ class TrainConfig:
 #: Methods of ``sparse.method`` (DESIGN section 3; ``fedsparse.train.dst`` implements them).
 SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "sparserec_no_nmf",
                   "sparserec_no_accumulation", "sparserec_no_sampling")
+#: Methods of ``sparse.method`` only a fleet runs (``fedsparse.federated.methods``).
+FLEET_ONLY_METHODS = ("nested_dims",)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SparseConfig:
     """Sparse embedding tables and the dynamic sparse training method that trains them."""
 
-    method: str = _option("dense", choices=SPARSE_METHODS,
+    method: str = _option("dense", choices=SPARSE_METHODS + FLEET_ONLY_METHODS,
                           doc="dense: ordinary tables; static: fixed random mask; set: random "
                               "init, drop smallest |w|, grow random; rigl: random init, grow by "
                               "the last batch's |grad|; magnitude: train dense, prune by |w| "
                               "after dense_fraction of the steps, fine-tune; sparserec: NMF "
                               "init, grow by accumulated |grad|, sampled backward (LightGCN); "
-                              "sparserec_no_{nmf,accumulation,sampling}: one idea switched off")
+                              "sparserec_no_{nmf,accumulation,sampling}: one idea switched "
+                              "off; nested_dims (fleets only): each tier trains the first d_t "
+                              "dimensions of one dense item table")
     density: float = _option(0.1, low=0.0, open_low=True, high=1.0,
                              doc="fraction of each table's entries kept (not used by dense)")
     budget_bytes: int = _option(0, low=0,
@@ -217,6 +222,10 @@ class FleetConfig:
                                      "accepted, or the round is skipped")
     max_skipped_rounds: int = _option(3, low=1,
                                       doc="the run stops after this many skipped rounds in a row")
+    reference_config: str = _option("", doc="a centralized config (fedsparse train) trained "
+                                            "after the run on the fleet's data, split and seed, "
+                                            "into <out>/reference/, for the summary's "
+                                            "comparison (empty: none)")
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
 

@@ -17,11 +17,20 @@ else:  # pragma: no cover
 
 from fedsparse.data.lightgcn_format import line_of_user, read_interactions
 from fedsparse.errors import DataError
+from fedsparse.seeding import numpy_rng_for
 
 #: Bundled datasets and their declared sizes (ids must stay below them).
 BUNDLED_SIZES: dict[str, tuple[int, int]] = {"lastfm": (1892, 4489), "gowalla": (29858, 40981)}
 
 _SPLIT_FILES = {"train": ("train.txt",), "test": ("test.txt",), "val": ("model_val.txt", "val.txt")}
+
+#: Without a validation file, ``split="val"`` holds out this fraction of each user's training
+#: interactions (at least one of a user's two or more; Gowalla's ``model_val.txt`` holds out
+#: 8.8%, at least one per user) ...
+CARVE_OUT_FRACTION = 0.1
+#: ... drawn from this fixed seed, so every run and every experiment seed tunes on the same
+#: validation interactions, as with a validation file.
+CARVE_OUT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,9 @@ def load_dataset(name_or_path: str, split: str = "test", max_items: int = 0) -> 
     for ``split="val"``, ``model_val.txt`` or ``val.txt``. An optional ``dataset.toml`` declares
     ``n_users`` and ``n_items``; without it they are the largest ids seen plus one. With
     ``split="val"`` the model trains on train minus val and is scored on val; the test file is
-    not read. ``max_items > 0`` keeps only that many items (:func:`most_interacted_items`).
+    not read. A dataset without a validation file (the bundled LastFM) gets a seeded carve-out
+    of its training interactions instead (:func:`carve_out_validation`). ``max_items > 0``
+    keeps only that many items (:func:`most_interacted_items`).
 
     Raises
     ------
@@ -125,7 +136,8 @@ def load_dataset(name_or_path: str, split: str = "test", max_items: int = 0) -> 
         raise DataError(f"split must be 'test' or 'val', got {split!r}")
     name, directory, sizes = _dataset_dir(name_or_path)
     files = {}
-    for part in ("train", split):
+    carve_out = split == "val" and _find_split_file(directory, "val") is None
+    for part in ("train",) if carve_out else ("train", split):
         found = _find_split_file(directory, part)
         if found is None:
             raise DataError(f"{directory}: missing {' or '.join(_SPLIT_FILES[part])}")
@@ -142,11 +154,29 @@ def load_dataset(name_or_path: str, split: str = "test", max_items: int = 0) -> 
         _check_range(files[part], users, items, n_users, n_items)
     shape = (n_users, n_items)
     train = binary_matrix(*pairs["train"], shape)
-    target = binary_matrix(*pairs[split], shape)
+    target = carve_out_validation(train) if carve_out else binary_matrix(*pairs[split], shape)
     if split == "val":
         train = binary_matrix(*_minus(train, target), shape)
     data = InteractionData(name=name, n_users=n_users, n_items=n_items, train=train, test=target)
     return most_interacted_items(data, max_items) if max_items else data
+
+
+def carve_out_validation(train: sp.csr_matrix) -> sp.csr_matrix:
+    """A seeded validation split of ``train`` (binary CSR): for each user with at least two
+    interactions, ``max(1, round(CARVE_OUT_FRACTION * n))`` of them, drawn without
+    replacement (users in ascending id, one stream seeded by :data:`CARVE_OUT_SEED`)."""
+    rng = numpy_rng_for(CARVE_OUT_SEED, 0, 0, "validation carve-out")
+    users, items = [], []
+    for user in range(train.shape[0]):
+        row = train.indices[train.indptr[user]:train.indptr[user + 1]]    # (n,) item ids
+        if len(row) < 2:
+            continue
+        held = rng.choice(row, size=max(1, round(CARVE_OUT_FRACTION * len(row))), replace=False)
+        users.append(np.full(len(held), user))
+        items.append(held)
+    if not users:
+        return sp.csr_matrix(train.shape, dtype=np.float32)
+    return binary_matrix(np.concatenate(users), np.concatenate(items), train.shape)
 
 
 def most_interacted_items(data: InteractionData, n_items: int) -> InteractionData:

@@ -4,7 +4,8 @@ Plain Python/NumPy (no Flower), so a config is checked completely before any sim
 Device ``i`` is the ``i``-th user (ascending id) with at least one training interaction.
 Tiers are ordered by budget, smallest first; a tier's density is the largest whose measured
 item-slice memory (values, index, Adam state) fits its budget minus the reserve every device
-needs besides the slice (user row with Adam state, growth buffer of its touched rows).
+needs besides the slice (user row with Adam state, growth buffer of its touched rows); for
+``nested_dims``, d_t / d with d_t the most leading dimensions of every item row that fit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fedsparse.data.dataset import InteractionData
 from fedsparse.errors import ConfigError
 from fedsparse.federated.methods import fleet_method
 from fedsparse.seeding import numpy_rng_for
-from fedsparse.sparse.budget import density_for_budget
+from fedsparse.sparse.budget import density_for_budget, prefix_width_for_budget
 from fedsparse.train.device import device_reserve_bytes, touched_rows_bound
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class Tier:
     density: float
     growth_topk: int
     steps_per_second: float
+
+    def prefix_width(self, dim: int) -> int:
+        """The leading dimensions of each item row the tier holds at this density
+        (``nested_dims``)."""
+        return round(self.density * dim)
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,11 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     tiers = []
     for name, tier in ordered:
         try:                                # every method: at least the sparsest model
-            density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
+            if method.initial_mask == "prefix":          # the widest dense prefix that fits
+                density = prefix_width_for_budget(data.n_items, dim,
+                                                  tier.budget_bytes - reserve) / dim
+            else:
+                density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
         except ConfigError as exc:
             raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small for {cfg.sparse.method} "
                               f"({reserve} bytes go to the user row and growth buffer; "

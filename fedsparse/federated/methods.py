@@ -16,8 +16,9 @@ class FleetMethod:
     description : str
         One line for users.
     initial_mask : str
-        ``"full"`` (every entry: the dense table), ``"nmf"`` (federated NMF scores) or
-        ``"random"``.
+        ``"full"`` (every entry: the dense table), ``"nmf"`` (federated NMF scores),
+        ``"random"``, or ``"prefix"`` (each tier the first d_t columns of every row, d_t the
+        widest that fits its budget: nested dimensions).
     grows : bool
         Whether the server prunes and regrows the masks every ``fl.mask_interval`` rounds
         (devices then send growth scores).
@@ -47,6 +48,8 @@ FLEET_METHODS = {
     "static": FleetMethod("fixed random tier masks", "random", grows=False, accumulates=False),
     "dense": FleetMethod("dense FedAvg: every device holds the full item table", "full",
                          grows=False, accumulates=False),
+    "nested_dims": FleetMethod("nested dimensions: each tier trains the first d_t dimensions of "
+                               "one dense item table", "prefix", grows=False, accumulates=False),
 }
 
 

@@ -35,7 +35,7 @@ from fedsparse.federated.secure_training import (TRAINING_STEP_BASE, open_tier_s
                                                  secure_vector_size)
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
-                              update_count, update_mask)
+                              prefix_mask, update_count, update_mask)
 from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates,
                                         apply_weighted_deltas, nested_tier_masks)
 
@@ -123,6 +123,9 @@ class FleetServer:
 
     # ------------------------------------------------------------------ masks
     def _tier_masks(self, top_mask: np.ndarray) -> list[np.ndarray]:
+        if self.method.initial_mask == "prefix":                    # fixed nested dimensions
+            return [prefix_mask(self.n_items, self.dim, tier.prefix_width(self.dim))
+                    for tier in self.plan.tiers]
         masks = nested_tier_masks(top_mask, self.item, self.growth,
                                   {tier.name: tier.density for tier in self.plan.tiers})
         return [masks[tier.name] for tier in self.plan.tiers]

@@ -44,7 +44,7 @@ from fedsparse.report.fleet import FleetRun, write_fleet_run
 from fedsparse.report.results import write_atomically
 from fedsparse.seeding import generator_for, numpy_rng_for
 from fedsparse.sparse.federated import nmf_item_scores
-from fedsparse.sparse.masks import random_mask, top_fraction_mask
+from fedsparse.sparse.masks import prefix_mask, random_mask, top_fraction_mask
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +116,15 @@ def profile_devices(grid: Grid, nodes: list[int], cfg: ExperimentConfig, plan: F
 def initial_top_mask(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
                      plan: FleetPlan, n_items: int, devices_per_node: int
                      ) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """The densest tier's first mask: all entries (dense), uniform random, or by federated
-    NMF scores (``sparse.method``'s ``initial_mask``); and federated NMF's iteration rows (none
-    without it)."""
+    """The densest tier's first mask: all entries (dense), its leading dimensions (nested
+    dimensions), uniform random, or by federated NMF scores (``sparse.method``'s
+    ``initial_mask``); and federated NMF's iteration rows (none without it)."""
     dim, density = cfg.model.dim, max(tier.density for tier in plan.tiers)
     initial = fleet_method(cfg.sparse.method).initial_mask
     if initial == "full" or density >= 1.0:
         return np.ones((n_items, dim), dtype=bool), []
+    if initial == "prefix":
+        return prefix_mask(n_items, dim, max(tier.prefix_width(dim) for tier in plan.tiers)), []
     if initial == "random":
         return random_mask(n_items, dim, density,
                            generator_for(cfg.seed, 0, 0, "mask-init")), []

@@ -24,6 +24,7 @@ from fedsparse.errors import ConfigError, FedsparseError, RunStopped
 from fedsparse.fl.client_app import app as client_app
 from fedsparse.federated.fleet import plan_fleet, resolve_devices_per_node, supernode_count
 from fedsparse.federated.checkpoint import ServerState, first_difference, load_server_state
+from fedsparse.report.results import reference_config, train_reference
 from fedsparse.fl.server_app import (Observer, build_server_app, checkpoint_path,
                                      device_state_path)
 
@@ -113,7 +114,9 @@ def _resumable_state(cfg: ExperimentConfig, out_dir: Path) -> ServerState | None
 def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False,
              observer: Observer | None = None) -> dict[str, Any]:
     """Run the fleet of ``cfg`` and write its results to ``out_dir``; returns the metrics with
-    the run's ``runtime`` (wall-clock seconds, peak memory). ``observer`` sees every reply the
+    the run's ``runtime`` (wall-clock seconds, peak memory) and, with ``fl.reference_config``,
+    the centralized reference's metrics under ``reference`` (trained into
+    ``out_dir/reference/``). ``observer`` sees every reply the
     server receives, with the message it answers (what a curious server could keep).
 
     With ``resume``, ``out_dir`` holds a run that was killed or interrupted: it continues after
@@ -130,6 +133,7 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False,
     """
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     plan = plan_fleet(cfg, data)
+    reference = reference_config(cfg)
     metrics_path, saved = out_dir / "metrics.json", checkpoint_path(out_dir)
     if metrics_path.exists():
         raise FedsparseError(f"{out_dir}: already holds a finished run (metrics.json)")
@@ -157,5 +161,10 @@ def simulate(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False,
         raise errors[0]
     if not metrics_path.exists():
         raise FedsparseError("the simulation ended without results; see the log above")
-    return {**json.loads(metrics_path.read_text()),
-            "runtime": json.loads((out_dir / "runtime.json").read_text())}
+    metrics = {**json.loads(metrics_path.read_text()),
+               "runtime": json.loads((out_dir / "runtime.json").read_text())}
+    if reference is not None:
+        logger.info("training the centralized reference %s -> %s", cfg.fl.reference_config,
+                    out_dir / "reference")
+        metrics["reference"] = train_reference(reference, out_dir / "reference")
+    return metrics

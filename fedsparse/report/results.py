@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -14,9 +15,9 @@ import torch
 
 from fedsparse.config import ExperimentConfig, dump_config, load_config
 from fedsparse.data import InteractionData, load_dataset
-from fedsparse.errors import FedsparseError
+from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.metrics import evaluate_embeddings
-from fedsparse.train import TrainResult
+from fedsparse.train import TrainResult, train_centralized
 
 
 def default_run_dir(name: str) -> Path:
@@ -81,6 +82,33 @@ def write_run(out_dir: Path, cfg: ExperimentConfig, data: InteractionData,
     result.history.to_csv(out_dir / "history.csv", index=False)
     np.savez_compressed(out_dir / "model.npz", **arrays)
     return metrics
+
+
+def reference_config(cfg: ExperimentConfig) -> ExperimentConfig | None:
+    """A fleet's centralized reference (``fl.reference_config``) on the fleet's data, split
+    and seed; None without one.
+
+    Raises
+    ------
+    ConfigError
+        The reference config does not load; the message names ``fl.reference_config``.
+    """
+    if not cfg.fl.reference_config:
+        return None
+    try:
+        reference = load_config(cfg.fl.reference_config)
+    except ConfigError as exc:
+        raise ConfigError(f"fl.reference_config: {exc}") from None
+    return dataclasses.replace(reference, data=cfg.data, seed=cfg.seed)
+
+
+def train_reference(reference: ExperimentConfig, out_dir: Path) -> dict[str, float | int | str]:
+    """The reference's metrics: trained into ``out_dir`` (a results directory), or read from it
+    when it holds them already."""
+    if (out_dir / "metrics.json").exists():
+        return json.loads((out_dir / "metrics.json").read_text())
+    data = load_dataset(reference.data.name, reference.data.split, reference.data.max_items)
+    return write_run(out_dir, reference, data, train_centralized(reference, data, progress=False))
 
 
 def reevaluate_run(run_dir: Path) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Sparse embedding storage, byte budgets, and the mask machinery of dynamic sparse training."""
 
-from fedsparse.sparse.budget import density_for_budget, nnz_for_budget, spread_mask, table_bytes
+from fedsparse.sparse.budget import (density_for_budget, nnz_for_budget, prefix_width_for_budget,
+                                     spread_mask, table_bytes)
 from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
-from fedsparse.sparse.masks import (mask_nnz, nmf_masks, nmf_scores, random_mask,
+from fedsparse.sparse.masks import (mask_nnz, nmf_masks, nmf_scores, prefix_mask, random_mask,
                                     top_fraction_mask)
 from fedsparse.sparse.schedules import (constant_update_fraction, cosine_update_fraction,
                                         is_update_step, update_count)
@@ -15,5 +16,5 @@ __all__ = ["DenseEmbeddingTable", "EmbeddingTable", "GradientAccumulator", "Mask
            "SparseEmbeddingTable", "apply_update", "constant_update_fraction",
            "cosine_update_fraction", "density_for_budget", "gradient_scores", "is_update_step",
            "magnitude_scores", "mask_nnz", "nmf_masks", "nmf_scores", "nnz_for_budget",
-           "random_mask", "random_scores", "spread_mask", "table_bytes", "top_fraction_mask",
+           "prefix_mask", "prefix_width_for_budget", "random_mask", "random_scores", "spread_mask", "table_bytes", "top_fraction_mask",
            "update_count", "update_mask"]

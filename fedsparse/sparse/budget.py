@@ -4,8 +4,8 @@ The answer is solved against the measure itself: for each candidate nnz a real
 :class:`~fedsparse.sparse.storage.SparseEmbeddingTable` is built, its optimizer state is
 materialised by one optimizer step on a zero gradient, and ``memory_bytes(optimizer)`` is
 compared with the budget (DESIGN section 3). Memory grows with nnz and does not depend on where
-the entries sit (only on how many there are), so a bracketing search over nnz finds the largest
-that fits. The search interpolates between the measured ends of the bracket (memory is nearly
+the entries sit (only on how many there are; the one exception, the full table, needs no index
+and is checked first), so a bracketing search over nnz finds the largest that fits. The search interpolates between the measured ends of the bracket (memory is nearly
 linear in nnz, so a few measurements suffice) and bisects whenever a step fails to halve it, so it
 never needs more than about twice the measurements of a plain bisection.
 """
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fedsparse.errors import ConfigError
+from fedsparse.sparse.masks import prefix_mask
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,17 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def spread_mask(n_rows: int, dim: int, nnz: int) -> np.ndarray:
-    """An (n_rows, dim) bool mask with ``nnz`` entries, filled column by column.
+    """An (n_rows, dim) bool mask with ``nnz`` entries, filled column by column, each row's
+    columns rotated by its index.
 
-    Entry (r, c) is active when ``c * n_rows + r < nnz``, so every row has at least one active
-    entry once ``nnz >= n_rows`` and row counts differ by at most one.
+    Entry (r, c) is active when ``((c - r) mod dim) * n_rows + r < nnz``, so every row has at
+    least one active entry once ``nnz >= n_rows`` and row counts differ by at most one. The
+    rotation keeps a partial mask (of two or more rows) from being a prefix of the columns,
+    which a table stores without an index (``"prefix"``); a measured budget is then one that
+    any mask of ``nnz`` entries can meet.
     """
-    order = np.arange(dim)[None, :] * n_rows + np.arange(n_rows)[:, None]   # (n_rows, dim)
+    rows = np.arange(n_rows)[:, None]
+    order = ((np.arange(dim)[None, :] - rows) % dim) * n_rows + rows      # (n_rows, dim)
     return order < nnz
 
 
@@ -49,13 +55,43 @@ def table_bytes(n_rows: int, dim: int, nnz: int,
         Builds the optimizer whose per-value state is counted (called with the table's
         parameters); None counts values and index only.
     """
-    table = SparseEmbeddingTable.from_mask(spread_mask(n_rows, dim, nnz))
+    return _measured_bytes(spread_mask(n_rows, dim, nnz), optimizer)
+
+
+def _measured_bytes(mask: np.ndarray, optimizer: OptimizerFactory | None) -> int:
+    """``memory_bytes`` of a table with ``mask``, with the state of one ``optimizer`` step."""
+    table = SparseEmbeddingTable.from_mask(mask)
     if optimizer is None:
         return table.memory_bytes()
     built = optimizer(table.parameters())
     table.values.grad = torch.zeros_like(table.values)
     built.step()
     return table.memory_bytes(built)
+
+
+def prefix_width_for_budget(n_rows: int, dim: int, budget_bytes: int,
+                            optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """The largest width k whose (n_rows, dim) table of every row's first k columns (the
+    ``"prefix"`` layout: a dense (n_rows, k) table) fits in ``budget_bytes`` with its optimizer
+    state, measured as :func:`table_bytes` measures.
+
+    Raises
+    ------
+    ConfigError
+        When even one column does not fit.
+    """
+    def fits(width: int) -> bool:
+        return _measured_bytes(prefix_mask(n_rows, dim, width), optimizer) <= budget_bytes
+
+    if not fits(1):
+        needed = _measured_bytes(prefix_mask(n_rows, dim, 1), optimizer)
+        raise ConfigError(f"a budget of {budget_bytes} bytes cannot hold one dimension of a "
+                          f"{n_rows} x {dim} table (that needs {needed} bytes)")
+    low, high = 1, dim + 1                  # invariant: low fits, high does not (or is past dim)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def nnz_for_budget(n_rows: int, dim: int, budget_bytes: int,

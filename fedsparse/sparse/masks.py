@@ -77,6 +77,11 @@ def top_fraction_mask(scores: np.ndarray, density: float, *,
     return mask.reshape(n_rows, dim)
 
 
+def prefix_mask(n_rows: int, dim: int, width: int) -> np.ndarray:
+    """(n_rows, dim) bool, True at every row's first ``width`` columns."""
+    return np.broadcast_to(np.arange(dim) < width, (n_rows, dim)).copy()
+
+
 def random_mask(n_rows: int, dim: int, density: float, generator: torch.Generator) -> np.ndarray:
     """A uniformly random (n_rows, dim) bool mask with ``mask_nnz`` entries, >= 1 per row.
 

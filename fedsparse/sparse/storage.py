@@ -1,15 +1,19 @@
 """Sparse embedding tables that hold only their active values and a compact index.
 
 A table of shape (n_rows, dim) at density p keeps a 1-D float32 Parameter ``values`` of its
-nnz active entries, stored row by row in ascending column order, and one of two indexes,
+nnz active entries, stored row by row in ascending column order, and one of three indexes,
 whichever takes fewer bytes for the mask at hand:
 
 * ``"csr"``: ``row_counts`` (n_rows,) active entries per row and ``columns`` (nnz,) in the
   smallest integer dtype that holds ``dim - 1`` (uint8 up to dim 256, then int16, then int32);
 * ``"bitmap"``: the same ``row_counts`` and ``bitmap`` (n_rows, ceil(dim / 8)) uint8, the mask packed
-  as ``np.packbits(mask, axis=1)`` packs it (most significant bit first).
+  as ``np.packbits(mask, axis=1)`` packs it (most significant bit first);
+* ``"prefix"``: nothing but the width k, when every row's active entries are its first k
+  columns (a dense (n_rows, k) table inside the (n_rows, dim) shape: the full table, or a
+  nested-dimensions tier).
 
-``row_counts`` has the smallest unsigned dtype that holds ``dim`` (uint8 up to dim 255); a lookup
+``row_counts`` (``"csr"``, ``"bitmap"``) has the smallest unsigned dtype that holds ``dim`` (uint8
+up to dim 255); a lookup
 derives the rows' offsets into ``values`` from their cumulative sum, so no (n_rows + 1,) int32
 row pointer is held. Because the order of ``values`` does not depend on the
 layout, switching layouts never reorders values. ``memory_bytes()`` sums the ``nbytes`` of the
@@ -71,7 +75,9 @@ class SparseEmbeddingTable(nn.Module):
     columns : Tensor or None
         (nnz,) column of each value in the ``"csr"`` layout, None in the ``"bitmap"`` layout.
     bitmap : Tensor or None
-        (n_rows, ceil(dim / 8)) uint8 packed mask in the ``"bitmap"`` layout, None in ``"csr"``.
+        (n_rows, ceil(dim / 8)) uint8 packed mask in the ``"bitmap"`` layout, else None.
+    prefix_width : int or None
+        k of the ``"prefix"`` layout (``row_counts`` is then None too), else None.
     """
 
     def __init__(self, n_rows: int, dim: int) -> None:
@@ -84,6 +90,7 @@ class SparseEmbeddingTable(nn.Module):
                              torch.from_numpy(np.zeros(n_rows, dtype=np.min_scalar_type(dim))))
         self.register_buffer("columns", torch.from_numpy(np.zeros(0, dtype=column_dtype(dim))))
         self.register_buffer("bitmap", None)
+        self.prefix_width: int | None = None
 
     @classmethod
     def from_mask(cls, mask: ArrayLike, values: ArrayLike | None = None) -> SparseEmbeddingTable:
@@ -125,7 +132,8 @@ class SparseEmbeddingTable(nn.Module):
             (n_rows,) unsigned counts of active entries per row.
         index:
             (nnz,) column ids (``"csr"``), or (n_rows, ceil(dim / 8)) uint8 packed mask
-            (``"bitmap"``), as the sender's layout was.
+            (``"bitmap"``), or (1,) the width with an empty ``row_counts`` (``"prefix"``), as
+            the sender's layout was.
 
         Raises
         ------
@@ -135,6 +143,14 @@ class SparseEmbeddingTable(nn.Module):
         values, row_counts, index = (np.asarray(a) for a in (values, row_counts, index))
         if values.dtype != np.float32 or values.ndim != 1:
             raise ValueError(f"values must be 1-D float32, got {values.dtype} {values.shape}")
+        if row_counts.size == 0 and index.shape == (1,) and index.dtype.kind in "iu":
+            width = int(index[0])
+            if not 0 <= width <= dim or values.size != n_rows * width:
+                raise ValueError(f"a prefix of width {width} does not match {values.size} "
+                                 f"values of a {n_rows} x {dim} table")
+            mask = np.zeros((n_rows, dim), dtype=bool)
+            mask[:, :width] = True
+            return cls.from_mask(mask, cls._dense_values(mask, values))
         if row_counts.shape != (n_rows,) or row_counts.dtype.kind != "u":
             raise ValueError(f"row_counts must be unsigned ({n_rows},), got {row_counts.dtype} "
                              f"{row_counts.shape}")
@@ -163,12 +179,23 @@ class SparseEmbeddingTable(nn.Module):
         table.values.data = torch.from_numpy(values.copy())
         return table
 
+    @staticmethod
+    def _dense_values(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """(n_rows, dim) float32 with ``values`` (nnz,) at ``mask``'s entries, row-major."""
+        dense = np.zeros(mask.shape, dtype=np.float32)
+        dense[mask] = values
+        return dense
+
     def storage_arrays(self) -> dict[str, np.ndarray]:
         """Copies of the held arrays: ``values``, ``row_counts`` and ``index`` (column ids or
-        bitmap), what :meth:`from_storage` rebuilds the table from."""
+        bitmap; for a prefix, no counts and the width), what :meth:`from_storage` rebuilds the
+        table from."""
+        values = self.values.detach().cpu().numpy().copy()
+        if self.prefix_width is not None:
+            return {"values": values, "row_counts": np.zeros(0, np.min_scalar_type(self.dim)),
+                    "index": np.array([self.prefix_width], np.min_scalar_type(self.dim))}
         index = self.columns if self.columns is not None else self.bitmap
-        return {"values": self.values.detach().cpu().numpy().copy(),
-                "row_counts": self.row_counts.cpu().numpy().copy(),
+        return {"values": values, "row_counts": self.row_counts.cpu().numpy().copy(),
                 "index": index.cpu().numpy().copy()}
 
     @property
@@ -183,7 +210,9 @@ class SparseEmbeddingTable(nn.Module):
 
     @property
     def index_layout(self) -> str:
-        """``"csr"`` or ``"bitmap"``."""
+        """``"csr"``, ``"bitmap"`` or ``"prefix"``."""
+        if self.prefix_width is not None:
+            return "prefix"
         return "csr" if self.columns is not None else "bitmap"
 
     def extra_repr(self) -> str:
@@ -243,6 +272,12 @@ class SparseEmbeddingTable(nn.Module):
 
     def _store_index(self, mask: np.ndarray, cols: np.ndarray) -> None:
         counts = mask.sum(axis=1).astype(np.min_scalar_type(self.dim))
+        width = int(counts[0])
+        if (counts == width).all() and mask[:, :width].all():       # every row: columns 0..k-1
+            self.prefix_width = width
+            self.row_counts = self.columns = self.bitmap = None
+            return
+        self.prefix_width = None
         columns = cols.astype(column_dtype(self.dim))
         bitmap = np.packbits(mask, axis=1)
         use_csr = columns.nbytes <= bitmap.nbytes
@@ -250,6 +285,13 @@ class SparseEmbeddingTable(nn.Module):
         self.row_counts = torch.from_numpy(counts).to(device)
         self.columns = torch.from_numpy(columns).to(device) if use_csr else None
         self.bitmap = None if use_csr else torch.from_numpy(bitmap).to(device)
+
+    def _all_counts(self) -> Tensor:
+        """(n_rows,) int64 active entries per row."""
+        if self.prefix_width is not None:
+            return torch.full((self.n_rows,), self.prefix_width, dtype=torch.long,
+                              device=self.values.device)
+        return self.row_counts.long()
 
     def forward(self, rows: Tensor | None = None) -> Tensor:
         """``gather(rows)``, or the whole table (``to_dense()``) when ``rows`` is None.
@@ -263,7 +305,12 @@ class SparseEmbeddingTable(nn.Module):
         """The active entries of ``rows`` (B,): for each, its position in the batch, its
         column and its storage position, each (T,) int64, row by row in ascending column."""
         rows = rows.long()
-        all_counts = self.row_counts.long()                             # (n_rows,)
+        if self.prefix_width is not None:
+            width = self.prefix_width
+            batch = torch.arange(len(rows), device=rows.device).repeat_interleave(width)  # (T,)
+            cols = torch.arange(width, device=rows.device).repeat(len(rows))             # (T,)
+            return batch, cols, rows[batch] * width + cols
+        all_counts = self._all_counts()                                 # (n_rows,)
         starts = (torch.cumsum(all_counts, 0) - all_counts)[rows]        # (B,)
         counts = all_counts[rows]                                       # (B,)
         total = int(counts.sum())
@@ -310,6 +357,9 @@ class SparseEmbeddingTable(nn.Module):
         """(n_rows, dim) bool, True at active entries."""
         if self.bitmap is not None:
             return _unpack_bits(self.bitmap, self.dim)
+        if self.prefix_width is not None:
+            columns = torch.arange(self.dim, device=self.values.device)
+            return (columns < self.prefix_width).expand(self.n_rows, self.dim).clone()
         out = torch.zeros(self.n_rows, self.dim, dtype=torch.bool, device=self.values.device)
         out[self.active_coordinates()] = True
         return out
@@ -319,14 +369,17 @@ class SparseEmbeddingTable(nn.Module):
         if self.columns is None:
             rows, cols = self.mask().nonzero().unbind(1)
             return rows, cols
-        counts = self.row_counts.long()                                 # (n_rows,)
+        counts = self._all_counts()                                     # (n_rows,)
         rows = torch.arange(self.n_rows, device=counts.device).repeat_interleave(
             counts, output_size=self.nnz)                               # (nnz,)
         return rows, self.columns.long()
 
     def floor_bytes(self) -> int:
         """The reference floor that :meth:`memory_bytes` is judged against: 4 bytes per active
-        value plus the smaller bare index (column ids or bitmap, no per-row counts)."""
+        value plus the smaller bare index (column ids or bitmap, no per-row counts; none for a
+        prefix)."""
+        if self.prefix_width is not None:
+            return 4 * self.nnz
         columns = self.nnz * column_dtype(self.dim).itemsize
         bitmap = self.n_rows * -(-self.dim // 8)
         return 4 * self.nnz + min(columns, bitmap)

@@ -243,6 +243,9 @@ class DynamicSparsity:
 
     def __init__(self, cfg: SparseConfig, data: InteractionData, *, dim: int, seed: int,
                  total_steps: int, sampled_backward: bool) -> None:
+        if cfg.method not in METHODS:
+            raise ConfigError(f"sparse.method: {cfg.method} runs in fleets only (fedsparse "
+                              f"simulate); centralized training runs one of {', '.join(METHODS)}")
         self.cfg, self.method = cfg, METHODS[cfg.method]
         self.data, self.dim, self.seed = data, dim, seed
         self.densities = table_densities(cfg, data.n_users, data.n_items, dim)

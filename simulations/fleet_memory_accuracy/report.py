@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 #: Below this Recall@20 on both sides a comparison says nothing (LastFM's fleets reach 0.09+).
 NOISE_RECALL = 0.01
 METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init federated DST",
-           "dense": "dense FedAvg"}
+           "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
 def load_runs(dataset: str) -> dict[str, dict]:
@@ -86,6 +86,32 @@ def curve_table(dataset: str, runs: dict[str, dict]) -> str:
                      **{f"round {r}": value for r, value in zip(evaluated["round"],
                                                                 evaluated["recall@20"])}})
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
+
+
+def tuning_table(dataset: str) -> str | None:
+    """Every tuning run (``tune.py``) on ``dataset``: validation Recall@20 per evaluated round,
+    the gain over the last fifth of the rounds (the convergence test: < 0.002) and seconds per
+    round; None before any."""
+    rows = []
+    for run in sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")):
+        history = pd.read_csv(run.parent / "history.csv").dropna(subset=["recall@20"])
+        curve = dict(zip(history["round"].astype(int), history["recall@20"]))
+        last = max(curve)
+        fifth = min(curve, key=lambda r: abs(r - 0.8 * last))
+        runtime = json.loads((run.parent / "runtime.json").read_text())
+        rows.append({"method": METHODS.get(run.parent.parent.name.split("_", 1)[1],
+                                           run.parent.parent.name.split("_", 1)[1]),
+                     "setting": run.parent.name.replace(",", ", "),
+                     **{f"r{r}": value for r, value in curve.items()},
+                     "gain, last fifth": curve[last] - curve[fifth],
+                     "s / round": runtime["seconds_per_round"]})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    columns = ["method", "setting", *sorted((c for c in table.columns if c.startswith("r")
+                                             and c[1:].isdigit()), key=lambda c: int(c[1:])),
+               "gain, last fifth", "s / round"]
+    return table[columns].to_markdown(index=False, floatfmt=".4f", missingval="")
 
 
 def targets(runs: dict[str, dict]) -> str:
@@ -154,6 +180,9 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
 def main() -> None:
     readme = HERE / "README.md"
     for dataset in ("lastfm", "gowalla"):
+        tuning = tuning_table(dataset)
+        if tuning is not None:
+            replace_block(readme, f"{dataset}-tuning", tuning)
         runs = load_runs(dataset)
         bare_path = HERE / "results" / f"bare_flower_{dataset}" / "metrics.json"
         bare = json.loads(bare_path.read_text()) if bare_path.exists() else None

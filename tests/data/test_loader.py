@@ -108,6 +108,28 @@ def test_bundled_lastfm_statistics():
     assert data.train.multiply(data.test).nnz == 0
 
 
+def test_lastfm_validation_is_a_seeded_carve_out_of_train_disjoint_from_test():
+    full, val = load_dataset("lastfm"), load_dataset("lastfm", split="val")
+    again = load_dataset("lastfm", split="val")
+    assert (val.test != again.test).nnz == 0 and (val.train != again.train).nnz == 0
+    # train = (train minus val) + val, disjoint; nothing of test is in either
+    assert val.train.multiply(val.test).nnz == 0
+    assert (val.train + val.test != full.train).nnz == 0
+    assert full.test.multiply(val.test).nnz == 0 and full.test.multiply(val.train).nnz == 0
+    per_user = np.diff(full.train.indptr)
+    held = np.diff(val.test.indptr)
+    assert np.array_equal(held[per_user >= 2],
+                          np.maximum(1, np.round(0.1 * per_user[per_user >= 2])))
+    assert held[per_user < 2].sum() == 0
+
+
+def test_a_directory_without_a_validation_file_gets_the_carve_out(tmp_path):
+    directory = write_split(tmp_path / "d", "0 1 2 3 4 5\n1 0\n2 4 5\n", "0 0\n")
+    data = load_dataset(str(directory), split="val")
+    assert np.diff(data.test.indptr).tolist() == [1, 0, 1]
+    assert data.train.nnz == 6 and data.train.multiply(data.test).nnz == 0
+
+
 def test_data_stats_command(capsys):
     assert main(["data", "stats", "gowalla"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,8 @@ import pytest
 
 from fedsparse.cli import main
 from fedsparse.config import dump_config
-from fedsparse.errors import FedsparseError
+from fedsparse.data import load_dataset
+from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.fl.simulation import simulate
 
 pytestmark = pytest.mark.slow
@@ -19,11 +20,17 @@ def test_two_rounds_of_a_small_fleet_through_flower(fleet_config, fleet_data, tm
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
     out = tmp_path / "run"
-    dump_config(fleet_config(), tmp_path / "fleet.toml")
+    reference = tmp_path / "reference.toml"
+    reference.write_text("[model]\ndim = 8\n[train]\nepochs = 2\nbatch_size = 64\n")
+    dump_config(fleet_config(f"fl.reference_config={reference}"), tmp_path / "fleet.toml")
     assert main(["simulate", str(tmp_path / "fleet.toml"), "--out", str(out)]) == 0
     summary = capsys.readouterr().out
     assert "within budget: yes" in summary and f"results: {out}" in summary
     metrics = json.loads((out / "metrics.json").read_text())
+    central = json.loads((out / "reference" / "metrics.json").read_text())
+    assert f"centralized mf (dense, {reference}) on the same data: recall@20 " \
+           f"{central['recall@20']:.4f}" in summary
+    assert central["dataset"] == load_dataset(fleet_config().data.name).name
 
     assert {p.name for p in out.iterdir()} >= {"config.toml", "metrics.json", "history.csv",
                                                "clients.csv", "model.npz",
@@ -51,6 +58,14 @@ def test_two_rounds_of_a_small_fleet_through_flower(fleet_config, fleet_data, tm
         assert small.sum() < large.sum()
         assert model["user_mask"].all(axis=1).sum() == fleet_data.n_users
         assert not model["item"][~large].any()                   # zero outside the top mask
+
+
+def test_a_reference_config_that_does_not_load_is_refused_before_starting(fleet_config,
+                                                                         tmp_path):
+    with pytest.raises(ConfigError, match="^fl.reference_config: .*nope.toml: config file not "
+                                          "found$"):
+        simulate(fleet_config(f"fl.reference_config={tmp_path / 'nope.toml'}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_simulate_command_rejects_a_bad_fleet_before_starting(fleet_data_dir, tmp_path, capsys):

@@ -140,3 +140,43 @@ def test_bad_shapes_are_refused():
         SparseEmbeddingTable.from_dense(np.zeros((3, 4)), np.ones((3, 5), dtype=bool))
     with pytest.raises(ValueError, match="bool"):
         SparseEmbeddingTable.from_mask(np.ones((3, 4), dtype=np.int64))
+
+
+@pytest.mark.parametrize("width", [0, 3, 8])
+def test_a_prefix_of_the_columns_is_stored_without_an_index(width):
+    rng = np.random.default_rng(width)
+    dense = rng.standard_normal((11, 8)).astype(np.float32)
+    mask = np.zeros((11, 8), dtype=bool)
+    mask[:, :width] = True
+    table = SparseEmbeddingTable.from_dense(dense, mask)
+    assert table.index_layout == "prefix" and table.prefix_width == width
+    assert table.memory_bytes() == 4 * 11 * width == table.floor_bytes()
+    expected = np.where(mask, dense, 0.0)
+    rows = torch.tensor([3, 0, 3, 10])
+    torch.testing.assert_close(table.gather(rows).detach(), torch.from_numpy(expected)[rows])
+    assert np.array_equal(table.mask().numpy(), mask)
+    flat, values = table.row_entries(torch.tensor([2, 5]))
+    assert flat.tolist() == [row * 8 + col for row in (2, 5) for col in range(width)]
+    assert np.array_equal(values.numpy(), dense[[2, 5], :width].reshape(-1))
+    arrays = table.storage_arrays()
+    assert arrays["row_counts"].size == 0 and arrays["index"].tolist() == [width]
+    again = SparseEmbeddingTable.from_storage(11, 8, **arrays)
+    assert again.index_layout == "prefix"
+    assert np.array_equal(again.to_dense().detach().numpy(), expected)
+    table.gather(rows).sum().backward()                  # gradient only on the gathered rows
+    grad = np.zeros((11, 8), np.float32)
+    grad[mask] = table.values.grad.numpy()
+    assert np.array_equal(grad[:, :width].sum(1), np.bincount(rows, minlength=11) * width)
+
+
+def test_a_prefix_mask_that_does_not_match_its_values_is_refused():
+    with pytest.raises(ValueError, match="prefix of width 3"):
+        SparseEmbeddingTable.from_storage(4, 8, np.zeros(10, np.float32), np.zeros(0, np.uint8),
+                                          np.array([3], np.uint8))
+
+
+def test_a_mask_with_unequal_rows_is_not_a_prefix():
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[:, :3] = True
+    mask[2, 3] = True
+    assert SparseEmbeddingTable.from_mask(mask).index_layout != "prefix"

@@ -1,0 +1,74 @@
+"""Centralized references for each tier of a fleet, at the tier's memory: SparseRec MF at the
+tier's item density (``configs/sparse/<dataset>_mf_sparserec.toml``, both tables at that
+density), dense MF at the tier's equal-bytes dimension (the ``nested_dims`` width d_t: the most
+leading dimensions whose values and Adam state fit the tier's budget with the same reserve;
+``configs/centralized/<dataset>_mf.toml``) and full dense MF. Writes
+``results/references/<dataset>_<split>/<name>/`` (results directories without ``model.npz``).
+
+    python simulations/fleet_memory_accuracy/references.py --dataset lastfm --split test
+
+Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+from fedsparse.config import load_config
+from fedsparse.data import load_dataset
+from fedsparse.federated.fleet import plan_fleet
+from fedsparse.report.results import write_run
+from fedsparse.train import train_centralized
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def reference_runs(dataset: str, split: str, seed: int) -> dict[str, tuple[Path, list[str]]]:
+    """Name -> (config, overrides) of every centralized reference for the fleet's tiers."""
+    fleet = ROOT / "configs" / "fleets" / f"{dataset}.toml"
+    chosen = [f"data.split={split}", f"seed={seed}"]
+    cfg = load_config(fleet, chosen, fleet=True)
+    data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
+    sparse_plan = plan_fleet(cfg, data)
+    nested_plan = plan_fleet(load_config(fleet, [*chosen, "sparse.method=nested_dims"],
+                                         fleet=True), data)
+    common = [f"data.split={split}", f"seed={seed}", f"data.max_items={cfg.data.max_items}"]
+    sparse_config = ROOT / "configs" / "sparse" / f"{dataset}_mf_sparserec.toml"
+    dense_config = ROOT / "configs" / "centralized" / f"{dataset}_mf.toml"
+    runs = {"dense_mf": (dense_config, common)}
+    for sparse_tier, nested_tier in zip(sparse_plan.tiers, nested_plan.tiers):
+        runs[f"sparserec_{sparse_tier.name}"] = (
+            sparse_config, [*common, f"sparse.density={sparse_tier.density}"])
+        runs[f"dense_mf_{nested_tier.name}"] = (
+            dense_config, [*common, f"model.dim={nested_tier.prefix_width(cfg.model.dim)}"])
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for seed in args.seeds:
+        for name, (config, overrides) in reference_runs(args.dataset, args.split, seed).items():
+            out = HERE / "results" / "references" / f"{args.dataset}_{args.split}" / \
+                f"{name}_seed{seed}"
+            if (out / "metrics.json").exists():
+                continue
+            cfg = load_config(config, overrides)
+            data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
+            result = train_centralized(cfg, data, progress=False)
+            if out.exists():
+                shutil.rmtree(out)
+            write_run(out, cfg, data, result)
+            (out / "model.npz").unlink()
+
+
+if __name__ == "__main__":
+    main()

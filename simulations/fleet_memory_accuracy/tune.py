@@ -1,0 +1,59 @@
+"""Tuning the fleet recipe on validation data: one run of the LastFM fleet
+(``configs/fleets/lastfm.toml``) per call, with ``data.split = "val"`` (a fixed seeded 10% of each
+user's training interactions; the test split is never read) and the given overrides, written to
+``results/tuning/<dataset>_<method>/<setting>/`` (the run's results directory without
+``model.npz``, checkpoints and plot). ``report.py`` tables every run there: each method's tried
+settings and their validation Recall@20 per evaluated round.
+
+    python simulations/fleet_memory_accuracy/tune.py --method dense --rounds 40 \\
+        --set fl.l2=0.01 --set fl.server_lr=5
+
+Tuning runs use plain training replies (``fl.privacy.training = "plain"``): secure summation
+aggregates exactly the same sums (``tests/federated/test_secure_training.py``) at about three
+times the seconds per round. Run it alone on the machine (a simulation uses every core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from fedsparse.config import load_config
+from fedsparse.federated.methods import FLEET_METHODS
+from fedsparse.fl.simulation import simulate
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parents[1] / "configs" / "fleets"
+TUNING = HERE / "results" / "tuning"
+
+
+def setting_name(overrides: list[str]) -> str:
+    """A run's directory name: its overrides without the ``fl.`` prefix, comma-joined."""
+    return ",".join(o.removeprefix("fl.") for o in overrides) or "default"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
+    parser.add_argument("--method", required=True, choices=list(FLEET_METHODS))
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override (repeatable)")
+    args = parser.parse_args()
+    overrides = [f"sparse.method={args.method}", "data.split=val", "fl.privacy.training=plain",
+                 f"fl.rounds={args.rounds}", f"fl.eval_every={args.eval_every}", *args.set]
+    cfg = load_config(CONFIGS / f"{args.dataset}.toml", overrides, fleet=True)
+    out = TUNING / f"{args.dataset}_{args.method}" / setting_name(
+        [f"rounds={args.rounds}", *args.set])
+    if out.exists():
+        shutil.rmtree(out)
+    simulate(cfg, out)
+    for large in ("model.npz", "memory_vs_accuracy.png"):
+        (out / large).unlink()
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

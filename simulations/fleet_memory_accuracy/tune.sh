@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every tuning run the README's tuning table lists (validation data only; tune.py), in the order
+# they were tried. A run whose metrics.json exists is kept.
+# Usage: bash simulations/fleet_memory_accuracy/tune.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
+tune() {  # tune METHOD ROUNDS [KEY=VALUE ...]
+  local method=$1 rounds=$2; shift 2
+  local name="rounds=$rounds" sets=()
+  for assignment in "$@"; do name+=",${assignment#fl.}"; sets+=(--set "$assignment"); done
+  [ -f "simulations/fleet_memory_accuracy/results/tuning/lastfm_$method/$name/metrics.json" ] ||
+    python simulations/fleet_memory_accuracy/tune.py --method "$method" --rounds "$rounds" "${sets[@]}"
+}
+# 1. The old recipe (fl.l2 = 1e-4, server_lr = 10), then L2 and the two step sizes, on dense FedAvg.
+tune dense 40
+tune dense 40 fl.l2=0.001
+tune dense 40 fl.l2=0.01
+tune dense 40 fl.l2=0.01 fl.server_lr=3
+tune dense 40 fl.l2=0.01 fl.lr=0.01
+# 2. The same settings on the sparse methods.
+for method in sparserec nested_dims sparserec_no_nmf; do
+  tune "$method" 40
+  tune "$method" 40 fl.l2=0.01
+  tune "$method" 40 fl.l2=0.01 fl.server_lr=3
+done
+tune dense 40 fl.l2=0.01 fl.server_lr=1
+tune sparserec 40 fl.l2=0.01 fl.server_lr=1
+tune nested_dims 40 fl.l2=0.01 fl.server_lr=1
