@@ -25,6 +25,7 @@ Plain NumPy and ``cryptography`` (no Flower).
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -159,6 +160,13 @@ def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[
     ``peers`` (peer -> public key), from its own ``keys``."""
     secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
     return mask_contribution(encoded, device, secrets, step)
+
+
+def peers_outside(peers: dict[int, bytes], summed: Collection[int]) -> dict[int, bytes]:
+    """The ``peers`` (peer -> public key) not among ``summed``, the devices whose masked
+    vectors one party adds up before sending (a SuperNode's cohort): a pair inside it adds and
+    subtracts the same mask there, which cancels exactly (mod 2^64), so neither is made."""
+    return {peer: public for peer, public in peers.items() if peer not in summed}
 
 
 def ring_neighbours(devices: list[int], neighbours: int,

@@ -38,7 +38,8 @@ from fedsparse.federated.fleet import cohort_of, fleet_users
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
                                      nmf_masked_steps, reveal_secrets)
 from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
-from fedsparse.federated.secure_sum import KeyPair, encode_fixed_sparse, mask_for_peers
+from fedsparse.federated.secure_sum import (KeyPair, encode_fixed_sparse, mask_for_peers,
+                                            peers_outside)
 from fedsparse.federated.secure_training import secure_vector_size
 from fedsparse.fl.records import (arrays_record, device_key, keys_record, record_arrays,
                                   record_keys, slice_from_record)
@@ -191,15 +192,20 @@ def _stored_contributions(context: Context) -> Contributions:
 def _masked_training_sums(msg: Message, context: Context, contributions: Contributions,
                           n_items: int, dim: int) -> dict[str, ArrayRecord]:
     """``secure.<tier>``: the sum (mod 2^64) of the masked vectors of the cohort's devices in
-    each tier, and which devices are in it."""
+    each tier, and which devices are in it (pairs inside a sum are not masked: their masks
+    would cancel in it, :func:`~fedsparse.federated.secure_sum.peers_outside`)."""
     config = msg.content["config"]
     keys, size = _key_pairs(context), secure_vector_size(n_items, dim)
     step, bits = int(config["secure-step"]), int(config["fraction-bits"])
     sums: dict[int, tuple[np.ndarray, list[int]]] = {}
+    in_sum: dict[int, set[int]] = {}
+    for device, (tier, _) in contributions.items():
+        in_sum.setdefault(tier, set()).add(device)
     for device in sorted(contributions):
         tier, (positions, values) = contributions[device]
         encoded = encode_fixed_sparse(positions, values, size, bits)
-        peers = record_keys(msg.content[device_key("peers", device)])
+        peers = peers_outside(record_keys(msg.content[device_key("peers", device)]),
+                              in_sum[tier])
         total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
         total += mask_for_peers(encoded, device, keys[device], peers, step)
         sent.append(device)

@@ -16,5 +16,5 @@ __all__ = ["DenseEmbeddingTable", "EmbeddingTable", "GradientAccumulator", "Mask
            "SparseEmbeddingTable", "apply_update", "constant_update_fraction",
            "cosine_update_fraction", "density_for_budget", "gradient_scores", "is_update_step",
            "magnitude_scores", "mask_nnz", "nmf_masks", "nmf_scores", "nnz_for_budget",
-           "prefix_mask", "prefix_width_for_budget", "random_mask", "random_scores", "spread_mask", "table_bytes", "top_fraction_mask",
-           "update_count", "update_mask"]
+           "prefix_mask", "prefix_width_for_budget", "random_mask", "random_scores",
+           "spread_mask", "table_bytes", "top_fraction_mask", "update_count", "update_mask"]

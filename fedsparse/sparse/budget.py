@@ -5,9 +5,10 @@ The answer is solved against the measure itself: for each candidate nnz a real
 materialised by one optimizer step on a zero gradient, and ``memory_bytes(optimizer)`` is
 compared with the budget (DESIGN section 3). Memory grows with nnz and does not depend on where
 the entries sit (only on how many there are; the one exception, the full table, needs no index
-and is checked first), so a bracketing search over nnz finds the largest that fits. The search interpolates between the measured ends of the bracket (memory is nearly
-linear in nnz, so a few measurements suffice) and bisects whenever a step fails to halve it, so it
-never needs more than about twice the measurements of a plain bisection.
+and is checked first), so a bracketing search over nnz finds the largest that fits. The search
+interpolates between the measured ends of the bracket (memory is nearly linear in nnz, so a few
+measurements suffice) and bisects whenever a step fails to halve it, so it never needs more than
+about twice the measurements of a plain bisection.
 """
 
 from __future__ import annotations

@@ -26,16 +26,39 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
            "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
+def run_dirs(dataset: str, method: str) -> list[Path]:
+    """A method's finished runs on ``dataset``: ``results/<dataset>_<method>_seed<s>/``, or the
+    single ``results/<dataset>_<method>/`` of runs made before seeds were repeated."""
+    seeded = sorted((HERE / "results").glob(f"{dataset}_{method}_seed*/metrics.json"))
+    single = HERE / "results" / f"{dataset}_{method}" / "metrics.json"
+    return [path.parent for path in (seeded or ([single] if single.exists() else []))]
+
+
 def load_runs(dataset: str) -> dict[str, dict]:
-    """metrics.json, with runtime.json under ``"runtime"``, of each method's run on
-    ``dataset`` that exists."""
+    """metrics.json, with runtime.json under ``"runtime"``, of each method's runs on
+    ``dataset`` that exist: numbers averaged over the seeds (first seed's for the rest), the
+    seeds' directories under ``"dirs"``."""
     runs = {}
     for method in METHODS:
-        out = HERE / "results" / f"{dataset}_{method}"
-        if (out / "metrics.json").exists():
-            runs[method] = {**json.loads((out / "metrics.json").read_text()),
-                            "runtime": json.loads((out / "runtime.json").read_text())}
+        dirs = run_dirs(dataset, method)
+        if not dirs:
+            continue
+        seeds = [{**json.loads((out / "metrics.json").read_text()),
+                  "runtime": json.loads((out / "runtime.json").read_text())} for out in dirs]
+        runs[method] = {**_mean_of(seeds), "dirs": dirs}
     return runs
+
+
+def _mean_of(values: list):
+    """The seeds' mean of every number in a nested dict (booleans: all of them)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _mean_of([value[key] for value in values]) for key in first}
+    if isinstance(first, bool):
+        return all(values)
+    if isinstance(first, (int, float)):
+        return float(np.mean(values))
+    return first
 
 
 def tier_table(runs: dict[str, dict]) -> str:
@@ -59,9 +82,10 @@ def tier_table(runs: dict[str, dict]) -> str:
 def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
     rows = []
     for method, metrics in runs.items():
-        sampled = pd.read_csv(HERE / "results" / f"{dataset}_{method}" / "history.csv")["sampled"]
-        row = {"method": METHODS[method], "devices": metrics["devices"],
-               "devices / round": int(sampled.median()), "rounds": metrics["rounds"], "Recall@20": metrics["recall@20"],
+        sampled = pd.read_csv(metrics["dirs"][0] / "history.csv")["sampled"]
+        row = {"method": METHODS[method], "seeds": len(metrics["dirs"]),
+               "devices": metrics["devices"], "devices / round": int(sampled.median()),
+               "rounds": metrics["rounds"], "Recall@20": metrics["recall@20"],
                "NDCG@20": metrics["ndcg@20"],
                "up / round (MB)": metrics["up_bytes_per_round"] / 1e6,
                "down / round (MB)": metrics["down_bytes_per_round"] / 1e6,
@@ -72,19 +96,20 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
             row["/ bare Flower round"] = (metrics["runtime"]["seconds_per_round"]
                                           / bare["seconds_per_round"])
         rows.append(row)
-    formats = ("", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f", ".2f")
+    formats = ("", ".0f", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f",
+               ".2f")
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
 
 
 def curve_table(dataset: str, runs: dict[str, dict]) -> str:
-    """Fleet Recall@20 after each evaluated round, one row per method."""
+    """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method."""
     rows = []
-    for method in runs:
-        history = pd.read_csv(HERE / "results" / f"{dataset}_{method}" / "history.csv")
-        evaluated = history.dropna(subset=["recall@20"])
+    for method, metrics in runs.items():
+        curves = [pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
+                  .set_index("round")["recall@20"] for out in metrics["dirs"]]
+        mean = pd.concat(curves, axis=1).mean(axis=1)
         rows.append({"method": METHODS[method],
-                     **{f"round {r}": value for r, value in zip(evaluated["round"],
-                                                                evaluated["recall@20"])}})
+                     **{f"round {r}": value for r, value in mean.items()}})
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
 
 
@@ -112,6 +137,95 @@ def tuning_table(dataset: str) -> str | None:
                                              and c[1:].isdigit()), key=lambda c: int(c[1:])),
                "gain, last fifth", "s / round"]
     return table[columns].to_markdown(index=False, floatfmt=".4f", missingval="")
+
+
+#: Fed SparseRec per tier against centralized SparseRec at the tier's density (issue 15).
+TIER_RATIO = {"lastfm": 0.90, "gowalla": 0.80}
+#: Dense FedAvg against centralized dense MF (LastFM).
+DENSE_RATIO = 0.90
+
+
+def references(dataset: str) -> dict[str, float]:
+    """Centralized references (``references.py``) on the test split: name -> Recall@20, mean
+    over the seeds run."""
+    found: dict[str, list[float]] = {}
+    for path in sorted((HERE / "results" / "references" / f"{dataset}_test").glob(
+            "*_seed*/metrics.json")):
+        name = path.parent.name.rsplit("_seed", 1)[0]
+        found.setdefault(name, []).append(json.loads(path.read_text())["recall@20"])
+    return {name: float(np.mean(values)) for name, values in found.items()}
+
+
+def reference_table(dataset: str, runs: dict[str, dict]) -> str | None:
+    """Per tier: each fleet method's Recall@20 beside the centralized references at the tier's
+    memory (None before any reference)."""
+    central = references(dataset)
+    if not central or "sparserec" not in runs:
+        return None
+    rows = []
+    for tier, values in runs["sparserec"]["tiers"].items():
+        row = {"tier": tier, "budget (KB)": values["budget_bytes"] / 1000,
+               "density": values["density"]}
+        if "nested_dims" in runs:
+            row["d_t"] = round(runs["nested_dims"]["tiers"][tier]["density"] * 64)
+        for method, metrics in runs.items():
+            row[METHODS[method]] = metrics["tiers"][tier]["recall@20"]
+        row["central SparseRec at density"] = central.get(f"sparserec_{tier}", np.nan)
+        row["central dense MF at d_t"] = central.get(f"dense_mf_{tier}", np.nan)
+        row["central dense MF, d = 64"] = central.get("dense_mf", np.nan)
+        row["fed / central SparseRec"] = values["recall@20"] / row["central SparseRec at density"]
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
+
+
+def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
+    """Issue 15's targets, checked on the result files."""
+    central, lines = references(dataset), []
+    for method in ("sparserec", "sparserec_no_nmf", "nested_dims"):
+        if method in runs:
+            ok = runs[method]["within_budget"]
+            lines.append(f"- {METHODS[method]}: every device within its budget in every round: "
+                         f"**{'met' if ok else 'MISSED'}**.")
+    if "dense" in runs and "dense_mf" in central and dataset == "lastfm":
+        ratio = runs["dense"]["recall@20"] / central["dense_mf"]
+        lines.append(f"- dense FedAvg Recall@20 {runs['dense']['recall@20']:.4f} = {ratio:.2f} x "
+                     f"centralized dense MF ({central['dense_mf']:.4f}), against "
+                     f"{DENSE_RATIO:.2f} x: **{'met' if ratio >= DENSE_RATIO else 'MISSED'}**.")
+    if "sparserec" in runs:
+        for tier, values in runs["sparserec"]["tiers"].items():
+            reference = central.get(f"sparserec_{tier}")
+            if reference is not None:
+                ratio = values["recall@20"] / reference
+                wanted = TIER_RATIO[dataset]
+                lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} = "
+                             f"{ratio:.2f} x centralized SparseRec at its density "
+                             f"({reference:.4f}), against {wanted:.2f} x: "
+                             f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+            if "nested_dims" in runs:
+                other = runs["nested_dims"]["tiers"][tier]["recall@20"]
+                lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} vs "
+                             f"nested dimensions {other:.4f}: "
+                             f"**{'met' if values['recall@20'] >= other else 'MISSED'}**.")
+    return "\n".join(lines) if lines else "(no runs yet)"
+
+
+def cross_tier_table(dataset: str) -> str | None:
+    """Each tier's devices ranked with every tier's slice (``cross_tier.json`` of the tuning
+    runs and of the final runs' first seed); None before any."""
+    rows = []
+    found = sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/*/cross_tier.json"))
+    found += sorted((HERE / "results").glob(f"{dataset}_*_seed0/cross_tier.json"))
+    for path in found:
+        is_tuning = path.parent.parent.name != "results"
+        method = (path.parent.parent.name if is_tuning else path.parent.name.rsplit("_seed", 1)[0])
+        method = method.split("_", 1)[1]
+        table = json.loads(path.read_text())
+        for device_tier, slices in table.items():
+            rows.append({"method": METHODS.get(method, method),
+                         "run": f"tuning (val): {path.parent.name}" if is_tuning else "final (test)",
+                         "devices of tier": device_tier,
+                         **{f"{tier} slice": value["recall@20"] for tier, value in slices.items()}})
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None
 
 
 def targets(runs: dict[str, dict]) -> str:
@@ -148,7 +262,7 @@ def targets(runs: dict[str, dict]) -> str:
 def popularity_reference(dataset: str, runs: dict[str, dict]) -> str:
     """Recall@20 and NDCG@20 of a model-free ranking on the same fleet: every device's unseen
     items by how many of the fleet's devices train on them."""
-    cfg = load_config(HERE / "results" / f"{dataset}_{next(iter(runs))}" / "config.toml")
+    cfg = load_config(next(iter(runs.values()))["dirs"][0] / "config.toml", fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     users = fleet_users(data, cfg.fl.max_devices, cfg.seed)
     train, test = data.train[users], data.test[users]
@@ -164,7 +278,7 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
     figure = Figure(figsize=(4.5 * len(runs), 4))
     axes = figure.subplots(1, len(runs), sharey=True, squeeze=False)[0]
     for ax, method in zip(axes, runs):
-        clients = pd.read_csv(HERE / "results" / f"{dataset}_{method}" / "clients.csv")
+        clients = pd.read_csv(runs[method]["dirs"][0] / "clients.csv")
         clients = clients[clients["n_test"] > 0]
         for tier, members in clients.groupby("tier", sort=False):
             ax.scatter(members["model_bytes"] / 1000, members["recall@20"], s=6, alpha=0.4,
@@ -193,6 +307,10 @@ def main() -> None:
         replace_block(readme, f"{dataset}-curve", curve_table(dataset, runs))
         replace_block(readme, f"{dataset}-targets", targets(runs))
         replace_block(readme, f"{dataset}-popularity", popularity_reference(dataset, runs))
+        for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
+                             (f"{dataset}-cross-tier", cross_tier_table(dataset))):
+            if table is not None:
+                replace_block(readme, block, table)
         plot(dataset, runs)
 
 

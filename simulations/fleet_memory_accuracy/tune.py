@@ -2,8 +2,9 @@
 (``configs/fleets/lastfm.toml``) per call, with ``data.split = "val"`` (a fixed seeded 10% of each
 user's training interactions; the test split is never read) and the given overrides, written to
 ``results/tuning/<dataset>_<method>/<setting>/`` (the run's results directory without
-``model.npz``, checkpoints and plot). ``report.py`` tables every run there: each method's tried
-settings and their validation Recall@20 per evaluated round.
+``model.npz``, checkpoints and plot, with ``cross_tier.json`` from ``cross_tier.py``).
+``report.py`` tables every run there: each method's tried settings and their validation
+Recall@20 per evaluated round.
 
     python simulations/fleet_memory_accuracy/tune.py --method dense --rounds 40 \\
         --set fl.l2=0.01 --set fl.server_lr=5
@@ -16,7 +17,9 @@ times the seconds per round. Run it alone on the machine (a simulation uses ever
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import sys
 from pathlib import Path
 
 from fedsparse.config import load_config
@@ -24,6 +27,10 @@ from fedsparse.federated.methods import FLEET_METHODS
 from fedsparse.fl.simulation import simulate
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cross_tier import cross_tier  # noqa: E402
+
 CONFIGS = HERE.parents[1] / "configs" / "fleets"
 TUNING = HERE / "results" / "tuning"
 
@@ -50,6 +57,7 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     simulate(cfg, out)
+    (out / "cross_tier.json").write_text(json.dumps(cross_tier(out), indent=2) + "\n")
     for large in ("model.npz", "memory_vs_accuracy.png"):
         (out / large).unlink()
     shutil.rmtree(out / "checkpoint", ignore_errors=True)

@@ -27,3 +27,11 @@ done
 tune dense 40 fl.l2=0.01 fl.server_lr=1
 tune sparserec 40 fl.l2=0.01 fl.server_lr=1
 tune nested_dims 40 fl.l2=0.01 fl.server_lr=1
+# 3. More local work per round (fewer rounds to convergence), each method at its best of 1-2.
+tune dense 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
+tune sparserec 40 fl.l2=0.01 fl.local_epochs=3
+tune sparserec 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
+# 4. Convergence: the common recipe (fl.l2 = 0.01, fl.server_lr = 3, 1 local epoch), 150 rounds.
+for method in dense sparserec sparserec_no_nmf nested_dims; do
+  tune "$method" 150 fl.l2=0.01 fl.server_lr=3
+done

@@ -10,7 +10,8 @@ from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contr
                                      nmf_contribution, nmf_masked_steps, nmf_server_step,
                                      plan_unmasking, reveal_secrets)
 from fedsparse.federated.secure_sum import (KeyPair, dangling_masks, decode_fixed, encode_fixed,
-                                            mask_contribution, pair_secret, ring_neighbours)
+                                            mask_contribution, mask_for_peers, pair_secret,
+                                            peers_outside, ring_neighbours)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
 
 BITS = 40
@@ -75,6 +76,24 @@ def test_secure_sum_equals_the_plain_sum():
     opened, plan = open_sum(masked_vectors(vectors, keys, peers), keys, peers, min_aggregate=10)
     assert plan.excluded == [] and plan.reveal == {}
     np.testing.assert_allclose(opened, sum(vectors.values()), atol=30 * 2.0 ** -BITS)
+
+
+def test_a_cohort_that_skips_its_inner_pairs_sends_the_same_sum():
+    rng = np.random.default_rng(4)
+    devices = list(range(12))
+    vectors = {device: encode_fixed(rng.normal(size=64), BITS) for device in devices}
+    keys = seeded_keys(devices)
+    peers = ring_neighbours(devices, 4, np.random.default_rng(1))
+    public = {device: {peer: keys[peer].public for peer in peers[device]} for device in devices}
+    cohort = {0, 1, 2, 3, 4, 5}
+    every_pair, outer_pairs = np.zeros(64, np.uint64), np.zeros(64, np.uint64)
+    for device in sorted(cohort):
+        every_pair += mask_for_peers(vectors[device], device, keys[device], public[device], 7)
+        outer = peers_outside(public[device], cohort)
+        assert set(outer) == set(peers[device]) - cohort
+        outer_pairs += mask_for_peers(vectors[device], device, keys[device], outer, 7)
+    assert np.array_equal(every_pair, outer_pairs)
+    assert not np.array_equal(outer_pairs, sum(vectors[d] for d in cohort))   # still masked
 
 
 def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():
