@@ -186,6 +186,10 @@ class FleetConfig:
                                 doc="passes over its interactions a device makes per round")
     batch_size: int = _option(8, low=1, doc="positives per local step")
     lr: float = _option(0.05, low=0.0, open_low=True, doc="device Adam learning rate")
+    lr_schedule: str = _option("constant", choices=("constant", "cosine"),
+                               doc="the devices' learning rate over the rounds: fl.lr in every "
+                                   "round, or cosine decay from fl.lr in round 1 towards 0 "
+                                   "after the last (torch's CosineAnnealingLR over rounds)")
     l2: float = _option(1e-4, low=0.0, doc="L2 weight on the batch's embeddings")
     negatives: int = _option(4, low=1, high=1024,
                              doc="negatives per positive, drawn once per round")

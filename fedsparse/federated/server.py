@@ -206,7 +206,7 @@ class FleetServer:
                 "tier-steps-per-second": [tier.steps_per_second for tier in self.plan.tiers],
                 **fleet_identity(self.cfg), "dim": self.dim,
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
-                "batch-size": fl.batch_size, "lr": fl.lr, "l2": fl.l2,
+                "batch-size": fl.batch_size, "lr": self.local_lr(server_round), "l2": fl.l2,
                 "negatives": fl.negatives, "topk": self.cfg.train.topk,
                 "threads": max(1, int(fl.client_cpus)),
                 "crash-prob": fl.crash_prob, "offline-prob": fl.offline_prob,
@@ -215,6 +215,14 @@ class FleetServer:
                 "fraction-bits": fl.privacy.fraction_bits,
                 "deadline-seconds": fl.deadline_seconds,
                 "pseudo-items": fl.privacy.pseudo_items}
+
+    def local_lr(self, server_round: int) -> float:
+        """The devices' learning rate in ``server_round``: ``fl.lr``, or with
+        ``fl.lr_schedule = "cosine"`` ``fl.lr * (1 + cos(pi * (round - 1) / fl.rounds)) / 2``."""
+        fl = self.cfg.fl
+        if fl.lr_schedule == "constant":
+            return fl.lr
+        return fl.lr * (1 + math.cos(math.pi * (server_round - 1) / fl.rounds)) / 2
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's

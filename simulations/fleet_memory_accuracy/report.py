@@ -113,30 +113,68 @@ def curve_table(dataset: str, runs: dict[str, dict]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
 
 
+#: Rounds shown for every tuning run (the convergence runs' whole curves: convergence_table).
+TUNING_ROUNDS = (10, 20, 30, 40)
+#: A run has converged when validation Recall@20 gains less than this over its last fifth.
+CONVERGED_GAIN = 0.002
+
+
+def _curve(out: Path) -> pd.Series:
+    """Recall@20 by evaluated round of a run."""
+    history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
+    return history.set_index(history["round"].astype(int))["recall@20"]
+
+
+def last_fifth_gain(curve: pd.Series) -> tuple[float, int]:
+    """Recall@20 gained from the evaluated round nearest 4/5 of the last one, and that round."""
+    last = int(curve.index.max())
+    start = int(min(curve.index, key=lambda r: abs(r - 0.8 * last)))
+    return float(curve[last] - curve[start]), start
+
+
+def _blank_missing(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its missing values shown as blanks."""
+    return table.astype(object).where(table.notna(), "")
+
+
 def tuning_table(dataset: str) -> str | None:
-    """Every tuning run (``tune.py``) on ``dataset``: validation Recall@20 per evaluated round,
-    the gain over the last fifth of the rounds (the convergence test: < 0.002) and seconds per
-    round; None before any."""
+    """Every tuning run (``tune.py``) on ``dataset``: validation Recall@20 at the first
+    rounds and the last, the gain over the last fifth of the rounds and seconds per round;
+    None before any."""
     rows = []
     for run in sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")):
-        history = pd.read_csv(run.parent / "history.csv").dropna(subset=["recall@20"])
-        curve = dict(zip(history["round"].astype(int), history["recall@20"]))
-        last = max(curve)
-        fifth = min(curve, key=lambda r: abs(r - 0.8 * last))
-        runtime = json.loads((run.parent / "runtime.json").read_text())
-        rows.append({"method": METHODS.get(run.parent.parent.name.split("_", 1)[1],
-                                           run.parent.parent.name.split("_", 1)[1]),
+        curve = _curve(run.parent)
+        method = run.parent.parent.name.split("_", 1)[1]
+        gain, _ = last_fifth_gain(curve)
+        rows.append({"method": METHODS.get(method, method),
                      "setting": run.parent.name.replace(",", ", "),
+                     **{f"r{r}": curve.get(r, np.nan) for r in TUNING_ROUNDS},
+                     "last": curve.iloc[-1], "gain, last fifth": gain,
+                     "s / round": json.loads((run.parent / "runtime.json").read_text())[
+                         "seconds_per_round"]})
+    if not rows:
+        return None
+    return _blank_missing(pd.DataFrame(rows)).to_markdown(index=False, floatfmt=".4f")
+
+
+def convergence_table(dataset: str) -> str | None:
+    """Each method's convergence run: validation Recall@20 at every evaluated round and
+    whether the last fifth gained less than :data:`CONVERGED_GAIN`."""
+    rows = []
+    for method, out in convergence_runs(dataset).items():
+        curve = _curve(out)
+        gain, start = last_fifth_gain(curve)
+        rows.append({"method": METHODS[method], "setting": out.name.replace(",", ", "),
                      **{f"r{r}": value for r, value in curve.items()},
-                     "gain, last fifth": curve[last] - curve[fifth],
-                     "s / round": runtime["seconds_per_round"]})
+                     "gain, last fifth": gain, "from round": start,
+                     "converged": "yes" if gain < CONVERGED_GAIN else "no"})
     if not rows:
         return None
     table = pd.DataFrame(rows)
-    columns = ["method", "setting", *sorted((c for c in table.columns if c.startswith("r")
-                                             and c[1:].isdigit()), key=lambda c: int(c[1:])),
-               "gain, last fifth", "s / round"]
-    return table[columns].to_markdown(index=False, floatfmt=".4f", missingval="")
+    rounds = sorted((c for c in table.columns if c[0] == "r" and c[1:].isdigit()),
+                    key=lambda c: int(c[1:]))
+    columns = ["method", "setting", *rounds, "gain, last fifth", "from round", "converged"]
+    return _blank_missing(table[columns]).to_markdown(index=False, floatfmt=".4f")
 
 
 #: Fed SparseRec per tier against centralized SparseRec at the tier's density (issue 15).
@@ -274,21 +312,64 @@ def popularity_reference(dataset: str, runs: dict[str, dict]) -> str:
 
 
 def plot(dataset: str, runs: dict[str, dict]) -> None:
-    """Per-device model bytes against Recall@20, one panel per method."""
-    figure = Figure(figsize=(4.5 * len(runs), 4))
-    axes = figure.subplots(1, len(runs), sharey=True, squeeze=False)[0]
-    for ax, method in zip(axes, runs):
-        clients = pd.read_csv(runs[method]["dirs"][0] / "clients.csv")
-        clients = clients[clients["n_test"] > 0]
-        for tier, members in clients.groupby("tier", sort=False):
-            ax.scatter(members["model_bytes"] / 1000, members["recall@20"], s=6, alpha=0.4,
-                       label=f"{tier} ({members['recall@20'].mean():.3f})")
-        ax.set_title(METHODS[method])
-        ax.set_xlabel("device model bytes (KB)")
-        ax.legend(title="tier (mean Recall@20)", fontsize=8)
-    axes[0].set_ylabel("Recall@20")
+    """Recall@20 per tier against the tier's budget: each fleet method's tiers (mean over
+    seeds), the centralized references at the same memory as lines, full dense MF and the
+    popularity ranking as horizontal lines."""
+    central = references(dataset)
+    tiers = next(iter(runs.values()))["tiers"]
+    budgets = np.array([values["budget_bytes"] / 1000 for values in tiers.values()])
+    figure = Figure(figsize=(6.5, 4.5))
+    ax = figure.subplots()
+    for method, metrics in runs.items():
+        if method == "dense":
+            continue
+        ax.plot(budgets, [metrics["tiers"][tier]["recall@20"] for tier in tiers], "o-",
+                label=f"fleet: {METHODS[method]}")
+    if "dense" in runs:
+        ax.axhline(runs["dense"]["recall@20"], color="C3", ls=":",
+                   label="fleet: dense FedAvg (full table, over budget)")
+    for name, label, style in (("sparserec", "centralized SparseRec at the tier's density", "s--"),
+                               ("dense_mf", "centralized dense MF at d_t", "^--")):
+        values = [central.get(f"{name}_{tier}", np.nan) for tier in tiers]
+        if not np.all(np.isnan(values)):
+            ax.plot(budgets, values, style, color="gray" if name == "sparserec" else "silver",
+                    label=label)
+    if "dense_mf" in central:
+        ax.axhline(central["dense_mf"], color="black", ls="--", lw=0.8,
+                   label="centralized dense MF, d = 64")
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{tier}\n{budget:.0f} KB" for tier, budget in zip(tiers, budgets)])
+    ax.set_xlabel("device tier and budget")
+    ax.set_ylabel("Recall@20 (test)")
+    ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(HERE / f"memory_vs_accuracy_{dataset}.png", dpi=110)
+
+
+def convergence_plot(dataset: str) -> None:
+    """Validation Recall@20 per evaluated round of the convergence runs (the tuning runs of
+    the most rounds), one line per method."""
+    figure = Figure(figsize=(6.5, 4))
+    ax = figure.subplots()
+    for method, out in convergence_runs(dataset).items():
+        history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
+        ax.plot(history["round"], history["recall@20"], "o-", ms=3, label=METHODS[method])
+    ax.set_xlabel("round")
+    ax.set_ylabel("Recall@20 (validation)")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
+
+
+def convergence_runs(dataset: str) -> dict[str, Path]:
+    """Each method's tuning run with the most rounds (its convergence run)."""
+    runs: dict[str, tuple[int, Path]] = {}
+    for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
+        method = path.parent.parent.name.split("_", 1)[1]
+        rounds = json.loads(path.read_text())["rounds"]
+        if method not in runs or rounds > runs[method][0]:
+            runs[method] = (rounds, path.parent)
+    return {method: runs[method][1] for method in METHODS if method in runs}
 
 
 def main() -> None:
@@ -297,6 +378,8 @@ def main() -> None:
         tuning = tuning_table(dataset)
         if tuning is not None:
             replace_block(readme, f"{dataset}-tuning", tuning)
+            replace_block(readme, f"{dataset}-convergence", convergence_table(dataset))
+            convergence_plot(dataset)
         runs = load_runs(dataset)
         bare_path = HERE / "results" / f"bare_flower_{dataset}" / "metrics.json"
         bare = json.loads(bare_path.read_text()) if bare_path.exists() else None
@@ -305,7 +388,9 @@ def main() -> None:
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
         replace_block(readme, f"{dataset}-fleet", fleet_table(dataset, runs, bare))
         replace_block(readme, f"{dataset}-curve", curve_table(dataset, runs))
-        replace_block(readme, f"{dataset}-targets", targets(runs))
+        # Gowalla's runs predate the converged fleets (issue 15): the earlier issue's targets
+        replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs)
+                      if dataset == "lastfm" else targets(runs))
         replace_block(readme, f"{dataset}-popularity", popularity_reference(dataset, runs))
         for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
                              (f"{dataset}-cross-tier", cross_tier_table(dataset))):

@@ -35,3 +35,8 @@ tune sparserec 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
 for method in dense sparserec sparserec_no_nmf nested_dims; do
   tune "$method" 150 fl.l2=0.01 fl.server_lr=3
 done
+# 5. The devices' learning rate decayed over the rounds (cosine), on the two methods whose
+#    tiers hold different item entries.
+for method in sparserec nested_dims; do
+  tune "$method" 150 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
+done

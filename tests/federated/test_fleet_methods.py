@@ -1,5 +1,6 @@
-"""nested_dims: each tier holds the widest prefix of the item dimensions that fits its budget,
-and the server averages each dimension over the devices that hold it."""
+"""Fleet methods on the server: nested_dims (each tier holds the widest prefix of the item
+dimensions that fits its budget; each dimension averaged over the devices that hold it) and the
+devices' learning-rate schedule."""
 
 import numpy as np
 import pytest
@@ -86,3 +87,17 @@ def test_a_dimension_is_averaged_over_the_devices_that_hold_it(fleet_config, tra
     assert not row[wide:].any()
     np.testing.assert_array_equal(server.item[4, :wide], 0.5)      # untouched rows keep theirs
     assert [int(mask.sum()) for mask in server.masks] == [n_items * narrow, n_items * wide]
+
+
+def test_a_cosine_schedule_decays_the_devices_learning_rate_over_the_rounds(fleet_config):
+    cfg = fleet_config("fl.lr_schedule=cosine", "fl.rounds=4", "fl.lr=0.08")
+    data = load_dataset(cfg.data.name)
+    plan = plan_fleet(cfg, data)
+    server = FleetServer(cfg, plan, np.zeros((data.n_items, 8), np.float32),
+                         np.ones((data.n_items, 8), bool))
+    rates = [server.device_config(r, [(0, 0)])["lr"] for r in (1, 2, 3, 4)]
+    np.testing.assert_allclose(rates, [0.08, 0.08 * (1 + 2 ** -0.5) / 2, 0.04,
+                                       0.08 * (1 - 2 ** -0.5) / 2])
+    constant = FleetServer(fleet_config("fl.rounds=4", "fl.lr=0.08"), plan,
+                           np.zeros((data.n_items, 8), np.float32), np.ones((data.n_items, 8), bool))
+    assert constant.device_config(3, [(0, 0)])["lr"] == 0.08
