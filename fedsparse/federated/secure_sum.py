@@ -140,17 +140,25 @@ def _keystream_into(secret: bytes, step: int, out: np.ndarray) -> None:
         raise RuntimeError(f"secure sum: keystream of {written} bytes, expected {8 * out.size}")
 
 
-def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
-                      step: int) -> np.ndarray:
-    """``encoded`` (uint64) plus the masks of ``device``'s pairs (peer -> secret): added where
-    the device has the lower id, subtracted where it has the higher (wrapping mod 2^64)."""
-    masked, mask = encoded.copy(), np.empty_like(encoded)
+def add_pair_masks(total: np.ndarray, device: int, secrets: dict[int, bytes], step: int,
+                   scratch: np.ndarray | None = None) -> None:
+    """Add the masks of ``device``'s pairs (peer -> secret) to ``total`` (uint64) in place:
+    added where the device has the lower id, subtracted where it has the higher (wrapping mod
+    2^64). ``scratch``, like ``total``, holds each keystream instead of a new buffer."""
+    mask = np.empty_like(total) if scratch is None else scratch
     for peer in sorted(secrets):
         _keystream_into(secrets[peer], step, mask)
         if device < peer:
-            masked += mask
+            total += mask
         else:
-            masked -= mask
+            total -= mask
+
+
+def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
+                      step: int) -> np.ndarray:
+    """``encoded`` (uint64) plus the masks of ``device``'s pairs (:func:`add_pair_masks`)."""
+    masked = encoded.copy()
+    add_pair_masks(masked, device, secrets, step)
     return masked
 
 
@@ -160,6 +168,18 @@ def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[
     ``peers`` (peer -> public key), from its own ``keys``."""
     secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
     return mask_contribution(encoded, device, secrets, step)
+
+
+def add_masked_sparse(total: np.ndarray, positions: np.ndarray, values: np.ndarray,
+                      device: int, keys: KeyPair, peers: dict[int, bytes], step: int,
+                      fraction_bits: int, scratch: np.ndarray | None = None) -> None:
+    """Add ``device``'s masked vector (``values`` at the distinct ``positions``, encoded as
+    :func:`encode_fixed_sparse` does, plus the masks it shares with its ``peers``, peer ->
+    public key) to the running sum ``total`` in place: the sum :func:`mask_for_peers` gives,
+    without building the vector."""
+    total[positions] += encode_fixed(values, fraction_bits)
+    secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
+    add_pair_masks(total, device, secrets, step, scratch)
 
 
 def peers_outside(peers: dict[int, bytes], summed: Collection[int]) -> dict[int, bytes]:

@@ -38,8 +38,7 @@ from fedsparse.federated.fleet import cohort_of, fleet_users
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
                                      nmf_masked_steps, reveal_secrets)
 from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
-from fedsparse.federated.secure_sum import (KeyPair, encode_fixed_sparse, mask_for_peers,
-                                            peers_outside)
+from fedsparse.federated.secure_sum import KeyPair, add_masked_sparse, peers_outside
 from fedsparse.federated.secure_training import secure_vector_size
 from fedsparse.fl.records import (arrays_record, device_key, keys_record, record_arrays,
                                   record_keys, slice_from_record)
@@ -201,13 +200,14 @@ def _masked_training_sums(msg: Message, context: Context, contributions: Contrib
     in_sum: dict[int, set[int]] = {}
     for device, (tier, _) in contributions.items():
         in_sum.setdefault(tier, set()).add(device)
+    scratch = np.empty(size, np.uint64)
     for device in sorted(contributions):
         tier, (positions, values) = contributions[device]
-        encoded = encode_fixed_sparse(positions, values, size, bits)
         peers = peers_outside(record_keys(msg.content[device_key("peers", device)]),
                               in_sum[tier])
         total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
-        total += mask_for_peers(encoded, device, keys[device], peers, step)
+        add_masked_sparse(total, positions, values, device, keys[device], peers, step, bits,
+                          scratch)
         sent.append(device)
     return {device_key("secure", tier): arrays_record({"masked": total,
                                                         "devices": np.array(sent, np.int64)})

@@ -1,6 +1,7 @@
-"""Tuning the fleet recipe on validation data: one run of the LastFM fleet
-(``configs/fleets/lastfm.toml``) per call, with ``data.split = "val"`` (a fixed seeded 10% of each
-user's training interactions; the test split is never read) and the given overrides, written to
+"""Tuning the fleet recipe on validation data: one run of the LastFM fleet as it was before
+tuning (``tuning_base_lastfm.toml``) per call, with ``data.split = "val"`` (a fixed seeded 10%
+of each user's training interactions; the test split is never read) and the given overrides,
+written to
 ``results/tuning/<dataset>_<method>/<setting>/`` (the run's results directory without
 ``model.npz``, checkpoints and plot, with ``cross_tier.json`` from ``cross_tier.py``).
 ``report.py`` tables every run there: each method's tried settings and their validation
@@ -31,7 +32,6 @@ sys.path.insert(0, str(HERE))
 
 from cross_tier import cross_tier  # noqa: E402
 
-CONFIGS = HERE.parents[1] / "configs" / "fleets"
 TUNING = HERE / "results" / "tuning"
 
 
@@ -42,7 +42,7 @@ def setting_name(overrides: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
+    parser.add_argument("--dataset", default="lastfm", choices=["lastfm"])
     parser.add_argument("--method", required=True, choices=list(FLEET_METHODS))
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = [f"sparse.method={args.method}", "data.split=val", "fl.privacy.training=plain",
                  f"fl.rounds={args.rounds}", f"fl.eval_every={args.eval_every}", *args.set]
-    cfg = load_config(CONFIGS / f"{args.dataset}.toml", overrides, fleet=True)
+    cfg = load_config(HERE / f"tuning_base_{args.dataset}.toml", overrides, fleet=True)
     out = TUNING / f"{args.dataset}_{args.method}" / setting_name(
         [f"rounds={args.rounds}", *args.set])
     if out.exists():

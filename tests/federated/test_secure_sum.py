@@ -9,7 +9,8 @@ from fedsparse.federated.faults import FaultModel
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
                                      nmf_contribution, nmf_masked_steps, nmf_server_step,
                                      plan_unmasking, reveal_secrets)
-from fedsparse.federated.secure_sum import (KeyPair, dangling_masks, decode_fixed, encode_fixed,
+from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, dangling_masks,
+                                            decode_fixed, encode_fixed, encode_fixed_sparse,
                                             mask_contribution, mask_for_peers, pair_secret,
                                             peers_outside, ring_neighbours)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
@@ -94,6 +95,18 @@ def test_a_cohort_that_skips_its_inner_pairs_sends_the_same_sum():
         outer_pairs += mask_for_peers(vectors[device], device, keys[device], outer, 7)
     assert np.array_equal(every_pair, outer_pairs)
     assert not np.array_equal(outer_pairs, sum(vectors[d] for d in cohort))   # still masked
+
+
+def test_adding_a_sparse_masked_vector_in_place_gives_the_masked_vector():
+    rng = np.random.default_rng(5)
+    keys = seeded_keys(range(6))
+    peers = {1: keys[1].public, 4: keys[4].public}
+    positions, values = np.array([0, 7, 30]), rng.normal(size=3)
+    total = np.arange(40, dtype=np.uint64)                     # a running sum
+    add_masked_sparse(total, positions, values, 3, keys[3], peers, 9, BITS)
+    expected = np.arange(40, dtype=np.uint64) + mask_for_peers(
+        encode_fixed_sparse(positions, values, 40, BITS), 3, keys[3], peers, 9)
+    assert np.array_equal(total, expected)
 
 
 def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():
