@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per run (0: torch's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for seed in args.seeds:
@@ -61,7 +63,7 @@ def main() -> None:
                 f"{name}_seed{seed}"
             if (out / "metrics.json").exists():
                 continue
-            cfg = load_config(config, overrides)
+            cfg = load_config(config, [*overrides, f"train.threads={args.threads}"])
             data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
             result = train_centralized(cfg, data, progress=False)
             if out.exists():

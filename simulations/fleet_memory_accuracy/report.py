@@ -83,6 +83,8 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
     rows = []
     for method, metrics in runs.items():
         sampled = pd.read_csv(metrics["dirs"][0] / "history.csv")["sampled"]
+        # seconds of the first seed's run, which ran alone on the machine
+        first = json.loads((metrics["dirs"][0] / "runtime.json").read_text())
         row = {"method": METHODS[method], "seeds": len(metrics["dirs"]),
                "devices": metrics["devices"], "devices / round": int(sampled.median()),
                "rounds": metrics["rounds"], "Recall@20": metrics["recall@20"],
@@ -90,11 +92,9 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
                "up / round (MB)": metrics["up_bytes_per_round"] / 1e6,
                "down / round (MB)": metrics["down_bytes_per_round"] / 1e6,
                "all within budget": "yes" if metrics["within_budget"] else "no",
-               "init (s)": metrics["runtime"]["init_seconds"],
-               "s / round": metrics["runtime"]["seconds_per_round"]}
+               "init (s)": first["init_seconds"], "s / round": first["seconds_per_round"]}
         if bare is not None:
-            row["/ bare Flower round"] = (metrics["runtime"]["seconds_per_round"]
-                                          / bare["seconds_per_round"])
+            row["/ bare Flower round"] = first["seconds_per_round"] / bare["seconds_per_round"]
         rows.append(row)
     formats = ("", ".0f", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f",
                ".2f")
@@ -213,7 +213,9 @@ def reference_table(dataset: str, runs: dict[str, dict]) -> str | None:
         row["central dense MF, d = 64"] = central.get("dense_mf", np.nan)
         row["fed / central SparseRec"] = values["recall@20"] / row["central SparseRec at density"]
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
+    table = pd.DataFrame(rows)
+    formats = [".0f" if column in ("budget (KB)", "d_t") else ".4f" for column in table.columns]
+    return table.to_markdown(index=False, floatfmt=formats)
 
 
 def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
@@ -248,10 +250,10 @@ def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
 
 
 def cross_tier_table(dataset: str) -> str | None:
-    """Each tier's devices ranked with every tier's slice (``cross_tier.json`` of the tuning
-    runs and of the final runs' first seed); None before any."""
+    """Each tier's devices ranked with every tier's slice (``cross_tier.json`` of the
+    150-round tuning runs and of the final runs' first seed); None before any."""
     rows = []
-    found = sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/*/cross_tier.json"))
+    found = sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/rounds=150*/cross_tier.json"))
     found += sorted((HERE / "results").glob(f"{dataset}_*_seed0/cross_tier.json"))
     for path in found:
         is_tuning = path.parent.parent.name != "results"
@@ -339,6 +341,7 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
                    label="centralized dense MF, d = 64")
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{tier}\n{budget:.0f} KB" for tier, budget in zip(tiers, budgets)])
+    ax.minorticks_off()
     ax.set_xlabel("device tier and budget")
     ax.set_ylabel("Recall@20 (test)")
     ax.legend(fontsize=7)
@@ -381,8 +384,11 @@ def main() -> None:
             replace_block(readme, f"{dataset}-convergence", convergence_table(dataset))
             convergence_plot(dataset)
         runs = load_runs(dataset)
+        # LastFM's fleets run as cohorts (2 SuperNodes): simulations/fleet_throughput/ compares
+        # them with bare Flower; Gowalla's older runs had one SuperNode per device
         bare_path = HERE / "results" / f"bare_flower_{dataset}" / "metrics.json"
-        bare = json.loads(bare_path.read_text()) if bare_path.exists() else None
+        bare = (json.loads(bare_path.read_text())
+                if bare_path.exists() and dataset == "gowalla" else None)
         if not runs:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))

@@ -21,7 +21,7 @@ for seed in 0 1; do
   done
 done
 # Centralized references at each tier's memory, on the test split, seeds 0 and 1.
-python "$here/references.py" --dataset lastfm --split test --seeds 0 1
+python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1
 # Gowalla (the 5,000 busiest places; plain replies, as these results were measured before
 # secure summation; to be rerun at full scale)
 for method in sparserec sparserec_no_nmf dense; do
@@ -29,7 +29,7 @@ for method in sparserec sparserec_no_nmf dense; do
   [ -f "$out/metrics.json" ] || fedsparse simulate configs/fleets/gowalla.toml \
       --set sparse.method="$method" --set fl.privacy.training=plain --out "$out"
 done
-for dataset in lastfm gowalla; do
+for dataset in gowalla; do   # LastFM's cohorts against bare Flower: simulations/fleet_throughput/
   run=$(ls -d "$here/results/${dataset}_sparserec"* | head -1)
   read -r devices per_round < <(python -c "import json, pandas as pd; \
 print(json.load(open('$run/metrics.json'))['devices'], \
