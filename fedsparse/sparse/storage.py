@@ -12,12 +12,12 @@ whichever takes fewer bytes for the mask at hand:
   columns (a dense (n_rows, k) table inside the (n_rows, dim) shape: the full table, or a
   nested-dimensions tier).
 
-``row_counts`` (``"csr"``, ``"bitmap"``) has the smallest unsigned dtype that holds ``dim`` (uint8
-up to dim 255); a lookup
-derives the rows' offsets into ``values`` from their cumulative sum, so no (n_rows + 1,) int32
-row pointer is held. Because the order of ``values`` does not depend on the
-layout, switching layouts never reorders values. ``memory_bytes()`` sums the ``nbytes`` of the
-tensors actually held (DESIGN section 3: "Sparse storage is real").
+``row_counts`` (``"csr"``, ``"bitmap"``) has the smallest unsigned dtype that holds ``dim``
+(uint8 up to dim 255); a lookup derives the rows' offsets into ``values`` from their
+cumulative sum, so no (n_rows + 1,) int32 row pointer is held. Because the order of
+``values`` does not depend on the layout, switching layouts never reorders values.
+``memory_bytes()`` sums the ``nbytes`` of the tensors actually held (DESIGN section 3: "Sparse
+storage is real").
 """
 
 from __future__ import annotations

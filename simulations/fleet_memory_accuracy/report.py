@@ -147,7 +147,7 @@ def tuning_table(dataset: str) -> str | None:
         method = run.parent.parent.name.split("_", 1)[1]
         gain, _ = last_fifth_gain(curve)
         rows.append({"method": METHODS.get(method, method),
-                     "setting": run.parent.name.replace(",", ", "),
+                     "setting": run.parent.name.replace("+", ", "),
                      **{f"r{r}": curve.get(r, np.nan) for r in TUNING_ROUNDS},
                      "last": curve.iloc[-1], "gain, last fifth": gain,
                      "s / round": json.loads((run.parent / "runtime.json").read_text())[
@@ -164,7 +164,7 @@ def convergence_table(dataset: str) -> str | None:
     for method, out in convergence_runs(dataset).items():
         curve = _curve(out)
         gain, start = last_fifth_gain(curve)
-        rows.append({"method": METHODS[method], "setting": out.name.replace(",", ", "),
+        rows.append({"method": METHODS[method], "setting": out.name.replace("+", ", "),
                      **{f"r{r}": value for r, value in curve.items()},
                      "gain, last fifth": gain, "from round": start,
                      "converged": "yes" if gain < CONVERGED_GAIN else "no"})
@@ -262,7 +262,8 @@ def cross_tier_table(dataset: str) -> str | None:
         table = json.loads(path.read_text())
         for device_tier, slices in table.items():
             rows.append({"method": METHODS.get(method, method),
-                         "run": f"tuning (val): {path.parent.name}" if is_tuning else "final (test)",
+                         "run": (f"tuning (val): {path.parent.name.replace('+', ', ')}"
+                                 if is_tuning else "final (test)"),
                          "devices of tier": device_tier,
                          **{f"{tier} slice": value["recall@20"] for tier, value in slices.items()}})
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None

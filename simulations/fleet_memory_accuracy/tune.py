@@ -36,8 +36,9 @@ TUNING = HERE / "results" / "tuning"
 
 
 def setting_name(overrides: list[str]) -> str:
-    """A run's directory name: its overrides without the ``fl.`` prefix, comma-joined."""
-    return ",".join(o.removeprefix("fl.") for o in overrides) or "default"
+    """A run's directory name: its overrides without the ``fl.`` prefix, joined by ``+`` (a
+    comma in a path breaks the file list of the Flower app bundle that ``flwr run`` builds)."""
+    return "+".join(o.removeprefix("fl.") for o in overrides) or "default"
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 tune() {  # tune METHOD ROUNDS [KEY=VALUE ...]
   local method=$1 rounds=$2; shift 2
   local name="rounds=$rounds" sets=()
-  for assignment in "$@"; do name+=",${assignment#fl.}"; sets+=(--set "$assignment"); done
+  for assignment in "$@"; do name+="+${assignment#fl.}"; sets+=(--set "$assignment"); done
   [ -f "simulations/fleet_memory_accuracy/results/tuning/lastfm_$method/$name/metrics.json" ] ||
     python simulations/fleet_memory_accuracy/tune.py --method "$method" --rounds "$rounds" "${sets[@]}"
 }

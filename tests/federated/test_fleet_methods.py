@@ -99,5 +99,6 @@ def test_a_cosine_schedule_decays_the_devices_learning_rate_over_the_rounds(flee
     np.testing.assert_allclose(rates, [0.08, 0.08 * (1 + 2 ** -0.5) / 2, 0.04,
                                        0.08 * (1 - 2 ** -0.5) / 2])
     constant = FleetServer(fleet_config("fl.rounds=4", "fl.lr=0.08"), plan,
-                           np.zeros((data.n_items, 8), np.float32), np.ones((data.n_items, 8), bool))
+                           np.zeros((data.n_items, 8), np.float32),
+                           np.ones((data.n_items, 8), bool))
     assert constant.device_config(3, [(0, 0)])["lr"] == 0.08
