@@ -161,7 +161,7 @@ def convergence_table(dataset: str) -> str | None:
     """Each method's convergence run: validation Recall@20 at every evaluated round and
     whether the last fifth gained less than :data:`CONVERGED_GAIN`."""
     rows = []
-    for method, out in convergence_runs(dataset).items():
+    for method, out in convergence_runs(dataset):
         curve = _curve(out)
         gain, start = last_fifth_gain(curve)
         rows.append({"method": METHODS[method], "setting": out.name.replace("+", ", "),
@@ -355,9 +355,11 @@ def convergence_plot(dataset: str) -> None:
     the most rounds), one line per method."""
     figure = Figure(figsize=(6.5, 4))
     ax = figure.subplots()
-    for method, out in convergence_runs(dataset).items():
+    for method, out in convergence_runs(dataset):
         history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
-        ax.plot(history["round"], history["recall@20"], "o-", ms=3, label=METHODS[method])
+        schedule = ", cosine lr" if "lr_schedule=cosine" in out.name else ""
+        ax.plot(history["round"], history["recall@20"], "o-", ms=3,
+                label=METHODS[method] + schedule)
     ax.set_xlabel("round")
     ax.set_ylabel("Recall@20 (validation)")
     ax.legend(fontsize=8)
@@ -365,15 +367,15 @@ def convergence_plot(dataset: str) -> None:
     figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
 
 
-def convergence_runs(dataset: str) -> dict[str, Path]:
-    """Each method's tuning run with the most rounds (its convergence run)."""
-    runs: dict[str, tuple[int, Path]] = {}
-    for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
-        method = path.parent.parent.name.split("_", 1)[1]
-        rounds = json.loads(path.read_text())["rounds"]
-        if method not in runs or rounds > runs[method][0]:
-            runs[method] = (rounds, path.parent)
-    return {method: runs[method][1] for method in METHODS if method in runs}
+def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
+    """(method, run) of each method's tuning runs with its most rounds (its convergence runs),
+    in the order of :data:`METHODS`, then by setting."""
+    found = [(path.parent.parent.name.split("_", 1)[1], path.parent,
+              json.loads(path.read_text())["rounds"])
+             for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")]
+    most = {method: max(r for m, _, r in found if m == method) for method, _, _ in found}
+    return sorted(((method, out) for method, out, rounds in found if rounds == most[method]),
+                  key=lambda run: (list(METHODS).index(run[0]), run[1].name))
 
 
 def main() -> None:
