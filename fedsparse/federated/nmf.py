@@ -23,7 +23,7 @@ from fedsparse.data import InteractionData
 from fedsparse.federated.devices import items_of
 from fedsparse.federated.faults import FaultModel, nmf_dropout
 from fedsparse.federated.secure_sum import (KeyPair, encode_fixed_sparse, mask_for_peers,
-                                            pair_secret, summed_components)
+                                            pair_secrets, summed_components)
 from fedsparse.sparse.federated import (initial_nmf_items, initial_nmf_row, nmf_item_step,
                                         nmf_user_step)
 
@@ -111,7 +111,7 @@ def reveal_secrets(keys: dict[int, KeyPair], device: int, dropped: dict[int, byt
     if component_size < min_aggregate:
         raise ValueError(f"secure sum: asked to open a sum over {component_size} devices, "
                          f"fewer than fl.privacy.min_aggregate = {min_aggregate}")
-    return {peer: pair_secret(keys[device].private, public) for peer, public in dropped.items()}
+    return pair_secrets(keys[device], dropped)
 
 
 @dataclass(frozen=True)

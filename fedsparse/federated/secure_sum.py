@@ -118,6 +118,11 @@ def pair_secret(private: bytes, peer_public: bytes) -> bytes:
                 info=b"fedsparse secure sum").derive(shared)
 
 
+def pair_secrets(keys: KeyPair, peers: dict[int, bytes]) -> dict[int, bytes]:
+    """Peer -> :func:`pair_secret` of ``keys`` with each of ``peers`` (peer -> public key)."""
+    return {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
+
+
 def pair_mask(secret: bytes, step: int, size: int) -> np.ndarray:
     """(size,) uint64 mask of a pair in step ``step``: the AES-256-CTR keystream of ``secret``
     with the step as nonce (a fresh mask every step from one key agreement)."""
@@ -166,8 +171,7 @@ def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[
                    step: int) -> np.ndarray:
     """``device``'s masked vector: ``encoded`` plus the masks it shares with each of its
     ``peers`` (peer -> public key), from its own ``keys``."""
-    secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
-    return mask_contribution(encoded, device, secrets, step)
+    return mask_contribution(encoded, device, pair_secrets(keys, peers), step)
 
 
 def add_masked_sparse(total: np.ndarray, positions: np.ndarray, values: np.ndarray,
@@ -178,8 +182,7 @@ def add_masked_sparse(total: np.ndarray, positions: np.ndarray, values: np.ndarr
     public key) to the running sum ``total`` in place: the sum :func:`mask_for_peers` gives,
     without building the vector."""
     total[positions] += encode_fixed(values, fraction_bits)
-    secrets = {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
-    add_pair_masks(total, device, secrets, step, scratch)
+    add_pair_masks(total, device, pair_secrets(keys, peers), step, scratch)
 
 
 def peers_outside(peers: dict[int, bytes], summed: Collection[int]) -> dict[int, bytes]:

@@ -35,16 +35,14 @@ def run_dirs(dataset: str, method: str) -> list[Path]:
 
 
 def load_runs(dataset: str) -> dict[str, dict]:
-    """metrics.json, with runtime.json under ``"runtime"``, of each method's runs on
-    ``dataset`` that exist: numbers averaged over the seeds (first seed's for the rest), the
-    seeds' directories under ``"dirs"``."""
+    """metrics.json of each method's runs on ``dataset`` that exist: numbers averaged over the
+    seeds (first seed's for the rest), the seeds' directories under ``"dirs"``."""
     runs = {}
     for method in METHODS:
         dirs = run_dirs(dataset, method)
         if not dirs:
             continue
-        seeds = [{**json.loads((out / "metrics.json").read_text()),
-                  "runtime": json.loads((out / "runtime.json").read_text())} for out in dirs]
+        seeds = [json.loads((out / "metrics.json").read_text()) for out in dirs]
         runs[method] = {**_mean_of(seeds), "dirs": dirs}
     return runs
 
@@ -105,8 +103,7 @@ def curve_table(dataset: str, runs: dict[str, dict]) -> str:
     """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method."""
     rows = []
     for method, metrics in runs.items():
-        curves = [pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
-                  .set_index("round")["recall@20"] for out in metrics["dirs"]]
+        curves = [_curve(out) for out in metrics["dirs"]]
         mean = pd.concat(curves, axis=1).mean(axis=1)
         rows.append({"method": METHODS[method],
                      **{f"round {r}": value for r, value in mean.items()}})
