@@ -33,8 +33,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{cfg.name}: {cfg.model.name} ({cfg.sparse.method}) on {data.name}, "
           f"{cfg.train.epochs} epochs, {metrics['seconds_per_epoch']:.2f} s/epoch\n"
           f"  recall@{k} {metrics[f'recall@{k}']:.4f}  ndcg@{k} {metrics[f'ndcg@{k}']:.4f}  "
-          f"density {metrics['density']:.3f}  model {metrics['model_bytes'] / 2**20:.2f} MiB  "
-          f"with Adam {metrics['train_bytes'] / 2**20:.2f} MiB  "
+          f"density {metrics['density']:.3f}  "
+          f"model {metrics['model_bytes'] / 2**20:.2f} MiB ({cfg.model.value_dtype})  "
+          f"training {metrics['train_bytes'] / 2**20:.2f} MiB (float32 with Adam)  "
           f"peak memory {metrics['peak_memory_mb']:.0f} MiB\n"
           f"  results: {out_dir}")
     return 0

@@ -47,6 +47,10 @@ class DataConfig:
                                            "(0: all items)")
 
 
+#: Precisions of ``model.value_dtype``, widest first (``fedsparse.sparse.precision`` codes them).
+VALUE_DTYPES = ("float32", "float16", "int8", "int4", "int2")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The recommender and its embedding tables."""
@@ -55,6 +59,11 @@ class ModelConfig:
     dim: int = _option(64, low=1, high=4096, doc="embedding dimension")
     layers: int = _option(3, low=1, high=8, doc="LightGCN propagation layers")
     init_std: float = _option(0.1, low=0.0, open_low=True, doc="std of the normal initialisation")
+    value_dtype: str = _option("float32", choices=VALUE_DTYPES,
+                               doc="precision of the stored model's values, applied after "
+                                   "training: float32, float16, or int8 / int4 / int2 codes "
+                                   "with one float16 scale per row (metrics.json has every "
+                                   "precision's scores and bytes)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +107,9 @@ class SparseConfig:
     budget_bytes: int = _option(0, low=0,
                                 doc="> 0 overrides density: bytes of both tables' values, index "
                                     "and Adam state, split in proportion to the table sizes "
-                                    "(magnitude: of the pruned model; its dense phase is larger)")
+                                    "(magnitude: of the pruned model; its dense phase is "
+                                    "larger); for dense, the largest model.dim up to the "
+                                    "configured one whose tables fit")
     update_interval: int = _option(100, low=1, doc="optimizer steps between mask updates (dT)")
     initial_fraction: float = _option(0.3, low=0.0, high=1.0,
                                       doc="fraction of active entries moved by the first update "
@@ -115,10 +126,6 @@ class SparseConfig:
     dense_fraction: float = _option(0.5, low=0.0, open_low=True, high=1.0, open_high=True,
                                     doc="magnitude: fraction of the steps trained dense")
 
-    def __post_init__(self) -> None:
-        if self.budget_bytes > 0 and self.method == "dense":
-            raise ConfigError("sparse.budget_bytes: needs a sparse method (sparse.method is "
-                              "dense)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +206,9 @@ class FleetConfig:
     growth_topk: int = _option(2, low=0, doc="growth scores a device sends per touched row")
     nmf_rounds: int = _option(5, low=1,
                               doc="federated NMF iterations (one query round trip each)")
+    nmf_devices: int = _option(0, low=0, doc="devices sampled for each federated NMF "
+                                             "iteration, a fresh seeded sample each time "
+                                             "(0: all)")
     eval_every: int = _option(0, low=0, doc="evaluate every this many rounds (0: at the end only)")
     tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
     num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine); "

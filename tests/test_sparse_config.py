@@ -20,7 +20,6 @@ def test_sparse_defaults_are_dense_and_round_trip(tmp_path):
     ("sparse.density=1.5", r"sparse.density: must be <= 1.0"),
     ("sparse.budget_bytes=-1", r"sparse.budget_bytes: must be >= 0"),
     ("sparse.budget_bytes=1.5", "sparse.budget_bytes: expected an integer"),
-    ("sparse.budget_bytes=4096", "sparse.budget_bytes: needs a sparse method"),
     ("sparse.update_interval=0", r"sparse.update_interval: must be >= 1"),
     ("sparse.initial_fraction=1.2", r"sparse.initial_fraction: must be <= 1.0"),
     ("sparse.end_fraction=0", r"sparse.end_fraction: must be > 0.0"),

@@ -154,13 +154,15 @@ def read_tier_file(path: Path, n_devices: int, names: list[str]) -> np.ndarray:
     return tiers
 
 
-#: The ``sparse.*`` and ``train.*`` keys a fleet reads (its local training is set by ``fl.*``).
-FLEET_READS = {"sparse": ("method", "initial_fraction", "end_fraction"), "train": ("topk",)}
+#: The ``model.*``, ``sparse.*`` and ``train.*`` keys a fleet reads (its local training is set
+#: by ``fl.*``).
+FLEET_READS = {"model": ("name", "dim", "init_std"),
+               "sparse": ("method", "initial_fraction", "end_fraction"), "train": ("topk",)}
 
 
 def check_fleet_keys(cfg: ExperimentConfig) -> None:
-    """A ``sparse.*`` or ``train.*`` key set away from its default that a fleet ignores is an
-    error naming it (a fleet trains with ``fl.*``).
+    """A ``model.*``, ``sparse.*`` or ``train.*`` key set away from its default that a fleet
+    ignores is an error naming it (a fleet trains with ``fl.*``).
 
     Raises
     ------

@@ -14,7 +14,6 @@ outputs in its messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +21,8 @@ import numpy as np
 from fedsparse.data import InteractionData
 from fedsparse.federated.devices import items_of
 from fedsparse.federated.faults import FaultModel, nmf_dropout
-from fedsparse.federated.secure_sum import (KeyPair, encode_fixed_sparse, mask_for_peers,
-                                            pair_secrets, summed_components)
+from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, pair_secrets,
+                                            peers_outside, summed_components)
 from fedsparse.sparse.federated import (initial_nmf_items, initial_nmf_row, nmf_item_step,
                                         nmf_user_step)
 
@@ -33,19 +32,20 @@ def contribution_size(rank: int, n_items: int) -> int:
     return rank * n_items + rank * rank
 
 
-def nmf_contribution(w_user: np.ndarray, items: np.ndarray, n_items: int,
-                     fraction_bits: int) -> np.ndarray:
-    """A device's W_u^T R_u and W_u^T W_u, flattened and concatenated, in fixed point (uint64).
+def nmf_contribution(w_user: np.ndarray, items: np.ndarray,
+                     n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """A device's W_u^T R_u and W_u^T W_u, flattened and concatenated, as the (positions (N,)
+    int64, values (N,) float64) of the vector's nonzero entries (of
+    :func:`contribution_size`; distinct positions).
 
-    ``w_user`` (d,) is its row; R_u is 1 at ``items`` and 0 elsewhere, so W_u^T R_u is
-    ``w_user`` in the columns of its items.
+    ``w_user`` (d,) is its row; R_u is 1 at ``items`` (distinct) and 0 elsewhere, so W_u^T R_u
+    is ``w_user`` in the columns of its items.
     """
     rank = len(w_user)
     columns = (np.arange(rank)[:, None] * n_items + items[None, :]).reshape(-1)   # (d * n_u,)
     positions = np.concatenate([columns, rank * n_items + np.arange(rank * rank)])
     values = np.concatenate([np.repeat(w_user, len(items)), np.outer(w_user, w_user).ravel()])
-    return encode_fixed_sparse(positions, values, contribution_size(rank, n_items),
-                               fraction_bits)
+    return positions, values
 
 
 @dataclass(frozen=True)
@@ -70,31 +70,41 @@ class MaskedStep:
     fraction_bits: int
 
 
-def nmf_masked_steps(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
-                     keys: dict[int, KeyPair], devices: list[int], seed: int, rank: int,
-                     task: MaskedStep, fault: FaultModel) -> Iterator[tuple[int, np.ndarray]]:
-    """One NMF step of each device: it updates its own row W_u (``rows``, in place) and yields
-    its masked contribution (device, (size,) uint64). A device that drops out in this step
-    (:func:`~fedsparse.federated.faults.nmf_dropout`) yields nothing and keeps its row."""
+def nmf_row_steps(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
+                  devices: list[int], seed: int, rank: int, task: MaskedStep,
+                  fault: FaultModel) -> list[int]:
+    """One NMF step of each of ``devices``: it updates its own row W_u (``rows``, in place)
+    from the task's H. Returns those that send (ascending); a device that drops out in this
+    step (:func:`~fedsparse.federated.faults.nmf_dropout`) keeps its row and sends nothing."""
     h = initial_nmf_items(seed, rank, data.n_items) if task.h is None else task.h
     if h.shape != (rank, data.n_items):
         raise ValueError(f"federated NMF: H has shape {h.shape}, expected {(rank, data.n_items)}")
     gram_h = h @ h.T                                                       # (d, d)
-    for device in devices:
-        if nmf_dropout(fault, seed, task.step, device):
-            continue
+    senders = [device for device in sorted(devices)
+               if not nmf_dropout(fault, seed, task.step, device)]
+    for device in senders:
         items = items_of(data, "train", int(users[device]))
         w_user = rows[device] if device in rows else initial_nmf_row(seed, device, rank)
         rows[device] = nmf_user_step(w_user, h[:, items], gram_h)          # h[:, items] (d, n_u)
-        yield device, masked_contribution(data, users, rows, keys, device, task)
+    return senders
 
 
-def masked_contribution(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
-                        keys: dict[int, KeyPair], device: int, task: MaskedStep) -> np.ndarray:
-    """``device``'s masked contribution from its current row (again, for a resend)."""
-    items = items_of(data, "train", int(users[device]))
-    encoded = nmf_contribution(rows[device], items, data.n_items, task.fraction_bits)
-    return mask_for_peers(encoded, device, keys[device], task.peers[device], task.step)
+def masked_nmf_sum(data: InteractionData, users: np.ndarray, rows: dict[int, np.ndarray],
+                   keys: dict[int, KeyPair], devices: list[int], rank: int,
+                   task: MaskedStep) -> np.ndarray:
+    """The sum (uint64, mod 2^64) of ``devices``' masked contributions from their current
+    rows: what they send, added up by the cohort that simulates them (pairs among ``devices``
+    are not masked, their masks would cancel in the sum:
+    :func:`~fedsparse.federated.secure_sum.peers_outside`)."""
+    size = contribution_size(rank, data.n_items)
+    total, scratch = np.zeros(size, np.uint64), np.empty(size, np.uint64)
+    for device in devices:
+        positions, values = nmf_contribution(
+            rows[device], items_of(data, "train", int(users[device])), data.n_items)
+        add_masked_sparse(total, positions, values, device, keys[device],
+                          peers_outside(task.peers[device], devices), task.step,
+                          task.fraction_bits, scratch)
+    return total
 
 
 def reveal_secrets(keys: dict[int, KeyPair], device: int, dropped: dict[int, bytes],

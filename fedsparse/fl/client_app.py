@@ -35,8 +35,7 @@ from fedsparse.federated.checkpoint import persist_cohort_state, restore_cohort_
 from fedsparse.federated.devices import CohortState, TrainRound, evaluate_devices, train_devices
 from fedsparse.federated.faults import FaultModel, is_offline
 from fedsparse.federated.fleet import cohort_of, fleet_users
-from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
-                                     nmf_masked_steps, reveal_secrets)
+from fedsparse.federated.nmf import MaskedStep, masked_nmf_sum, nmf_row_steps, reveal_secrets
 from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
 from fedsparse.federated.secure_sum import KeyPair, add_masked_sparse, peers_outside
 from fedsparse.federated.secure_training import secure_vector_size
@@ -294,16 +293,10 @@ def _nmf_step(msg: Message, context: Context, data: InteractionData, users: np.n
     saved = record_arrays(context.state["nmf"]) if "nmf" in context.state else {}
     rows = dict(zip(saved["devices"].tolist(), saved["w"])) if saved else {}
     keys, seed, rank = _key_pairs(context), int(config["seed"]), int(config["rank"])
-    if str(config["question"]) == "nmf":
-        masked = nmf_masked_steps(data, users, rows, keys, devices, seed, rank, task,
-                                  FaultModel(crash_prob=float(config["crash-prob"])))
-    else:
-        masked = ((device, masked_contribution(data, users, rows, keys, device, task))
-                  for device in devices)
-    total, sent = np.zeros(contribution_size(rank, data.n_items), np.uint64), []
-    for device, vector in masked:
-        total += vector
-        sent.append(device)
+    sent = (nmf_row_steps(data, users, rows, devices, seed, rank, task,
+                          FaultModel(crash_prob=float(config["crash-prob"])))
+            if str(config["question"]) == "nmf" else sorted(devices))
+    total = masked_nmf_sum(data, users, rows, keys, sent, rank, task)
     kept = sorted(rows)
     context.state["nmf"] = arrays_record({"devices": np.array(kept, np.int64),
                                           "w": np.stack([rows[d] for d in kept])

@@ -182,14 +182,16 @@ def _masked_record_bytes(record: str, size: int) -> int:
 def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
                   n_items: int, devices_per_node: int
                   ) -> tuple[np.ndarray, np.ndarray, list[dict[str, float]]]:
-    """``fl.nmf_rounds`` multiplicative-update iterations with every device, under secure
-    summation.
+    """``fl.nmf_rounds`` multiplicative-update iterations with every device (or a fresh
+    seeded sample of ``fl.nmf_devices`` in each), under secure summation.
 
-    First every device sends a fresh public key; the server pairs them in the mask graph
-    (``fl.privacy.mask_neighbours``). In each iteration every device gets H (the first
-    iteration none: devices make the seeded H0 themselves) and its peers' public keys, updates
-    its own row W_u and sends its masked W_u^T R_u and W_u^T W_u; the server opens the sum of
-    the devices that sent and updates H.
+    First every device sends a fresh public key. In each iteration the server pairs the
+    iteration's devices in the mask graph (``fl.privacy.mask_neighbours``; one graph for every
+    iteration when all take part). Each gets H (the first iteration none: devices make the
+    seeded H0 themselves) and its peers' public keys, updates its own row W_u and sends its
+    masked W_u^T R_u and W_u^T W_u; the server opens the sum of the devices that sent and
+    updates H (a sample's sums give the same multiplicative step up to sampling: both
+    statistics scale alike).
 
     Returns
     -------
@@ -206,27 +208,34 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
     base = {**fleet_identity(cfg), "rank": dim, "devices-per-node": devices_per_node,
             "fraction-bits": privacy.fraction_bits, "crash-prob": cfg.fl.crash_prob,
             "min-aggregate": privacy.min_aggregate}
-    everyone = {node: devices for node, devices in sorted(node_devices.items(),
-                                                           key=lambda item: item[1][0])}
-    public, key_bytes = collect_public_keys(grid, everyone, base)
-    group = SecureGroup(peers=ring_neighbours(sorted(public), privacy.mask_neighbours,
-                                              numpy_rng_for(cfg.seed, 0, 0, "secure-sum-ring")),
-                        public=public, record="nmf")
-    peer_bytes = float(np.mean([_record_bytes(device_key("peers", device),
-                                              group.peer_record(device))
-                                for device in group.peers]))
+    public, key_bytes = collect_public_keys(grid, dict(sorted(node_devices.items())), base)
+    sample = cfg.fl.nmf_devices if 0 < cfg.fl.nmf_devices < len(public) else 0
+
+    def group_of(step: int) -> SecureGroup:
+        """The iteration's devices and their mask graph."""
+        devices = sorted(public)
+        if sample:
+            chosen = numpy_rng_for(cfg.seed, step, 0, "nmf-sample").choice(
+                len(devices), size=sample, replace=False)
+            devices = [devices[index] for index in np.sort(chosen)]
+        ring = numpy_rng_for(cfg.seed, step if sample else 0, 0, "secure-sum-ring")
+        return SecureGroup(peers=ring_neighbours(devices, privacy.mask_neighbours, ring),
+                           public=public, record="nmf")
+
     h, gram = initial_nmf_items(cfg.seed, dim, n_items), np.zeros((dim, dim))
     size, history = contribution_size(dim, n_items), []
     for step in tqdm(range(1, cfg.fl.nmf_rounds + 1), desc="federated NMF", unit="iter",
                      leave=False):
+        group = group_of(step)
         down = {"h": arrays_record({"h": h})} if step > 1 else {}
 
         def work(question: str, devices: list[int]) -> RecordDict:
             return _content({**base, "step": step}, question, devices, {
                 **down, **{device_key("peers", d): group.peer_record(d) for d in devices}})
 
-        replies = query_all(grid, list(everyone), [work("nmf", devices)
-                                                   for devices in everyone.values()])
+        addressed = by_node(node_devices, list(group.peers))
+        replies = query_all(grid, list(addressed), [work("nmf", devices)
+                                                    for devices in addressed.values()])
         masked = masked_sums(replies, size, "nmf").get("nmf", (np.zeros(size, np.uint64), set()))
         opened, plan, extra = open_sum(grid, node_devices, base, group, masked, step=step,
                                        min_aggregate=privacy.min_aggregate,
@@ -242,7 +251,9 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
             "left-out": len(plan.excluded), "summed": sum(map(len, plan.components)),
             "up-bytes-per-device": (float(np.mean(list(key_bytes.values()))) if step == 1 else 0)
             + _masked_record_bytes("nmf", size) + sum(extra.values()) / max(sent, 1),
-            "down-bytes-per-device": peer_bytes + sum(_record_bytes(key, record)
+            "down-bytes-per-device": float(np.mean([
+                _record_bytes(device_key("peers", device), group.peer_record(device))
+                for device in group.peers])) + sum(_record_bytes(key, record)
                                                       for key, record in down.items())})
         logger.debug("federated NMF iteration %d: |H| %.4g", step, np.linalg.norm(h))
     return h, gram, history

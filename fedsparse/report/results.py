@@ -17,7 +17,10 @@ from fedsparse.config import ExperimentConfig, dump_config, load_config
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.metrics import evaluate_embeddings
+from fedsparse.models.lightgcn import layer_mean, normalized_adjacency
+from fedsparse.sparse.precision import StoredValues, dequantize
 from fedsparse.train import TrainResult, train_centralized
+from fedsparse.train.precision import values_at_precision
 
 
 def default_run_dir(name: str) -> Path:
@@ -43,21 +46,40 @@ def peak_memory_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def model_arrays(result: TrainResult) -> dict[str, np.ndarray]:
-    """``user``/``item`` dense views (zeros at pruned entries) with the tables' real masks,
-    plus the scoring vectors when they differ from the tables (LightGCN)."""
+def model_arrays(result: TrainResult, value_dtype: str) -> dict[str, np.ndarray]:
+    """The model as stored at ``value_dtype``: ``<table>_codes`` and ``<table>_scales``
+    (:mod:`fedsparse.sparse.precision`) and the real ``user_mask``/``item_mask``, which say
+    where the values sit and how to decode them, with ``value_dtype``; the decoded ``user`` and
+    ``item`` dense views (zeros at pruned entries); the scoring vectors when they differ from
+    the tables (LightGCN)."""
     model = result.model
-    with torch.no_grad():
+    with values_at_precision(model, value_dtype) as stored, torch.no_grad():
         tables = {name: table.detach().numpy().copy() for name, table in model.tables().items()}
         user_final, item_final = (vectors.detach().numpy().copy()
                                   for vectors in model.final_embeddings())
-    arrays = {"user": tables["user"], "item": tables["item"],
+    arrays = {"value_dtype": np.array(value_dtype),
+              "user": tables["user"], "item": tables["item"],
               "user_mask": model.user_table.mask().numpy(),
               "item_mask": model.item_table.mask().numpy()}
+    for name, values in stored.items():
+        arrays[f"{name}_codes"], arrays[f"{name}_scales"] = values.codes, values.scales
     if not (np.array_equal(user_final, tables["user"])
             and np.array_equal(item_final, tables["item"])):
         arrays["user_final"], arrays["item_final"] = user_final, item_final
     return arrays
+
+
+def decoded_table(model: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    """Table ``name`` (``"user"``, ``"item"``) of a stored ``model.npz``, decoded from its
+    codes, scales and mask at the stored ``value_dtype``: (n_rows, d) float32, zeros at pruned
+    entries."""
+    mask = model[f"{name}_mask"]
+    rows = np.nonzero(mask)[0]                                      # (nnz,) row-major order
+    stored = StoredValues(str(model["value_dtype"]), model[f"{name}_codes"],
+                          model[f"{name}_scales"], rows.size)
+    dense = np.zeros(mask.shape, dtype=np.float32)
+    dense[mask] = dequantize(stored, rows)
+    return dense
 
 
 def write_run(out_dir: Path, cfg: ExperimentConfig, data: InteractionData,
@@ -69,7 +91,7 @@ def write_run(out_dir: Path, cfg: ExperimentConfig, data: InteractionData,
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.toml")
-    arrays = model_arrays(result)
+    arrays = model_arrays(result, cfg.model.value_dtype)
     metrics: dict[str, float | int | str] = {
         **result.metrics,
         "epochs": int(cfg.train.epochs),
@@ -114,8 +136,8 @@ def train_reference(reference: ExperimentConfig, out_dir: Path) -> dict[str, flo
 def reevaluate_run(run_dir: Path) -> dict[str, float]:
     """Re-score a results directory from ``model.npz`` alone (plus its config's dataset).
 
-    Scores are ``user_final @ item_final.T`` when the model stored them (LightGCN), else
-    ``(user * user_mask) @ (item * item_mask).T``.
+    The tables are decoded from their stored codes (:func:`decoded_table`); scores are their
+    dot products (MF) or those of their LightGCN propagation over the training graph.
     """
     npz_path = run_dir / "model.npz"
     if not npz_path.exists():
@@ -123,9 +145,11 @@ def reevaluate_run(run_dir: Path) -> dict[str, float]:
     cfg = load_config(run_dir / "config.toml")
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     with np.load(npz_path) as model:
-        if "user_final" in model:
-            user, item = model["user_final"], model["item_final"]
-        else:
-            user, item = model["user"] * model["user_mask"], model["item"] * model["item_mask"]
+        user, item = decoded_table(model, "user"), decoded_table(model, "item")
+    if cfg.model.name == "lightgcn":
+        with torch.no_grad():
+            final = layer_mean(normalized_adjacency(data.train),
+                               torch.from_numpy(np.concatenate([user, item])), cfg.model.layers)
+        user, item = final[:data.n_users].numpy(), final[data.n_users:].numpy()
     return evaluate_embeddings(user, item, data.train, data.test, ks=(cfg.train.topk,),
                                batch_size=cfg.train.eval_batch_size)

@@ -1,7 +1,8 @@
 """Sparse embedding storage, byte budgets, and the mask machinery of dynamic sparse training."""
 
-from fedsparse.sparse.budget import (density_for_budget, nnz_for_budget, prefix_width_for_budget,
-                                     spread_mask, table_bytes)
+from fedsparse.sparse.budget import (dense_bytes, dense_dim_for_budget, density_for_budget,
+                                     nnz_for_budget, prefix_width_for_budget, spread_mask,
+                                     table_bytes)
 from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
 from fedsparse.sparse.masks import (mask_nnz, nmf_masks, nmf_scores, prefix_mask, random_mask,
                                     top_fraction_mask)
@@ -14,7 +15,7 @@ from fedsparse.sparse.update import (GradientAccumulator, MaskUpdate, apply_upda
 
 __all__ = ["DenseEmbeddingTable", "EmbeddingTable", "GradientAccumulator", "MaskUpdate",
            "SparseEmbeddingTable", "apply_update", "constant_update_fraction",
-           "cosine_update_fraction", "density_for_budget", "gradient_scores", "is_update_step",
+           "cosine_update_fraction", "dense_bytes", "dense_dim_for_budget", "density_for_budget", "gradient_scores", "is_update_step",
            "magnitude_scores", "mask_nnz", "nmf_masks", "nmf_scores", "nnz_for_budget",
            "prefix_mask", "prefix_width_for_budget", "random_mask", "random_scores",
            "spread_mask", "table_bytes", "top_fraction_mask", "update_count", "update_mask"]

@@ -14,13 +14,14 @@ about twice the measurements of a plain bisection.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedsparse.errors import ConfigError
+from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
 from fedsparse.sparse.masks import prefix_mask
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
@@ -61,13 +62,47 @@ def table_bytes(n_rows: int, dim: int, nnz: int,
 
 def _measured_bytes(mask: np.ndarray, optimizer: OptimizerFactory | None) -> int:
     """``memory_bytes`` of a table with ``mask``, with the state of one ``optimizer`` step."""
-    table = SparseEmbeddingTable.from_mask(mask)
+    return _held_bytes(SparseEmbeddingTable.from_mask(mask), optimizer)
+
+
+def _held_bytes(table: EmbeddingTable, optimizer: OptimizerFactory | None) -> int:
+    """``table.memory_bytes`` with the state of one ``optimizer`` step (None: without)."""
     if optimizer is None:
         return table.memory_bytes()
     built = optimizer(table.parameters())
     table.values.grad = torch.zeros_like(table.values)
     built.step()
     return table.memory_bytes(built)
+
+
+def dense_bytes(n_rows: int, dim: int,
+                optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """Measured ``memory_bytes`` of a dense (n_rows, dim) table with its optimizer state."""
+    return _held_bytes(DenseEmbeddingTable(torch.zeros(n_rows, dim)), optimizer)
+
+
+def dense_dim_for_budget(table_rows: Sequence[int], max_dim: int, budget_bytes: int,
+                         optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """The largest dimension d <= ``max_dim`` whose dense tables (one of d columns per entry of
+    ``table_rows``, e.g. users and items) fit in ``budget_bytes`` together, each measured as
+    :func:`dense_bytes` measures.
+
+    Raises
+    ------
+    ConfigError
+        When even d = 1 does not fit; the message gives the bytes d = 1 needs.
+    """
+    def needed(dim: int) -> int:
+        return sum(dense_bytes(n_rows, dim, optimizer) for n_rows in table_rows)
+
+    if needed(1) > budget_bytes:
+        raise ConfigError(f"a budget of {budget_bytes} bytes cannot hold dimension 1 (the "
+                          f"smallest budget that works is {needed(1)} bytes)")
+    low, high = 1, max_dim + 1              # invariant: low fits, high does not (or is past it)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if needed(middle) <= budget_bytes else (low, middle)
+    return low
 
 
 def prefix_width_for_budget(n_rows: int, dim: int, budget_bytes: int,

@@ -6,6 +6,7 @@ builds their masks and moves them during training (``fedsparse.train.dst``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -17,12 +18,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fedsparse.config import ExperimentConfig
+from fedsparse.config import VALUE_DTYPES, ExperimentConfig
 from fedsparse.data.dataset import InteractionData
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import Recommender, build_model
 from fedsparse.seeding import generator_for
-from fedsparse.train.dst import DynamicSparsity, memory_metrics
+from fedsparse.train.dst import DynamicSparsity, memory_metrics, model_dim, model_tables
+from fedsparse.train.precision import stored_bytes, values_at_precision
 from fedsparse.train.sampling import NegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -32,9 +34,12 @@ logger = logging.getLogger(__name__)
 class TrainResult:
     """A trained model, one history row per epoch, and the final metrics.
 
-    ``metrics`` holds the last evaluation, ``seconds_per_epoch`` (median over epochs of training
-    time), ``mask_updates`` and the tables' :func:`~fedsparse.train.dst.memory_metrics`
-    (``density``, ``model_bytes``, ``train_bytes``, ``dense_bytes``, ``floor_bytes``).
+    ``metrics`` holds ``seconds_per_epoch`` (median over epochs of training time),
+    ``mask_updates``, the tables' :func:`~fedsparse.train.dst.memory_metrics` (``density``,
+    ``model_bytes``, ``train_bytes``, ``dense_bytes``, ``floor_bytes``), ``precisions`` (each
+    value precision's Recall@K, NDCG@K and ``model_bytes``: :func:`evaluate_precision`), and
+    the scores and ``model_bytes`` of the model as stored at ``model.value_dtype`` (at the
+    default float32, those of the last epoch's evaluation).
     """
 
     model: Recommender
@@ -53,12 +58,14 @@ def evaluate_model(model: Recommender, data: InteractionData, *, k: int,
 
 def build_training(cfg: ExperimentConfig,
                    data: InteractionData) -> tuple[Recommender, torch.optim.Optimizer, DynamicSparsity]:
-    """The model (with its initial masks), its Adam optimizer and the DST controller."""
+    """The model (with its initial masks, at :func:`~fedsparse.train.dst.model_dim`), its Adam
+    optimizer and the DST controller."""
     steps_per_epoch = math.ceil(data.train.nnz / cfg.train.batch_size)
-    sparsity = DynamicSparsity(cfg.sparse, data, dim=cfg.model.dim, seed=cfg.seed,
+    dim = model_dim(cfg.sparse, data.n_users, data.n_items, cfg.model.dim)
+    sparsity = DynamicSparsity(cfg.sparse, data, dim=dim, seed=cfg.seed,
                                total_steps=cfg.train.epochs * steps_per_epoch,
                                sampled_backward=cfg.model.name == "lightgcn")
-    model = build_model(cfg.model, data, l2=cfg.train.l2,
+    model = build_model(dataclasses.replace(cfg.model, dim=dim), data, l2=cfg.train.l2,
                         generator=generator_for(cfg.seed, 0, 0, "init"),
                         masks=sparsity.initial_masks())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
@@ -141,5 +148,23 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
     final = dict(metrics)
     final["seconds_per_epoch"] = float(np.median(history["train_seconds"]))
     final["mask_updates"] = sparsity.updates
+    final["dim"] = model.item_table.dim
     final.update(memory_metrics(model, optimizer))
+    model.eval()
+    final["precisions"] = {dtype: evaluate_precision(model, data, dtype, k=tcfg.topk,
+                                                     batch_size=tcfg.eval_batch_size)
+                           for dtype in VALUE_DTYPES}
+    final.update(final["precisions"][cfg.model.value_dtype])    # the stored model's
     return TrainResult(model=model, history=history, metrics=final)
+
+
+def evaluate_precision(model: Recommender, data: InteractionData, dtype: str, *, k: int,
+                       batch_size: int) -> dict[str, float]:
+    """Recall@K / NDCG@K of ``model`` with its values stored at ``dtype``, and the stored
+    tables' ``model_bytes`` (:func:`~fedsparse.train.precision.stored_bytes`)."""
+    with values_at_precision(model, dtype) as stored:
+        metrics = evaluate_model(model, data, k=k, batch_size=batch_size)
+        tables = model_tables(model)
+        metrics["model_bytes"] = sum(stored_bytes(tables[name], values)
+                                     for name, values in stored.items())
+    return metrics

@@ -47,9 +47,10 @@ from fedsparse.models import Recommender
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import (EmbeddingTable, GradientAccumulator, SparseEmbeddingTable,
                               apply_update, constant_update_fraction, cosine_update_fraction,
-                              density_for_budget, gradient_scores, is_update_step,
-                              magnitude_scores, nmf_masks, random_mask, random_scores,
-                              top_fraction_mask, update_count, update_mask)
+                              dense_dim_for_budget, density_for_budget, gradient_scores,
+                              is_update_step, magnitude_scores, nmf_masks, random_mask,
+                              random_scores, table_bytes, top_fraction_mask, update_count,
+                              update_mask)
 from fedsparse.sparse.sampled import importance_weights, sample_backward_rows
 
 logger = logging.getLogger(__name__)
@@ -98,28 +99,62 @@ def table_densities(cfg: SparseConfig, n_users: int, n_items: int, dim: int) -> 
 
     ``sparse.density`` for both, or, when ``sparse.budget_bytes`` > 0, the densities whose
     measured memory (values, index and Adam state) fits the budget split between the tables in
-    proportion to their sizes. ``dense``: 1.0 for both.
+    proportion to their sizes. ``dense``: 1.0 for both (a budget sets its dimension instead:
+    :func:`model_dim`).
 
     Raises
     ------
     ConfigError
-        When the budget cannot hold one active entry per row.
+        When the budget cannot hold one active entry per row; the message names the method and
+        the smallest budget that can.
     """
     if cfg.method == "dense":
         return 1.0, 1.0
     if cfg.budget_bytes == 0:
         return cfg.density, cfg.density
-    user_budget = cfg.budget_bytes * n_users // (n_users + n_items)
-    item_budget = cfg.budget_bytes - user_budget
+    user_budget, item_budget = _split_budget(cfg.budget_bytes, n_users, n_items)
     try:
         densities = (density_for_budget(n_users, dim, user_budget),
                      density_for_budget(n_items, dim, item_budget))
-    except ConfigError as exc:
-        raise ConfigError(f"sparse.budget_bytes: too small ({user_budget} bytes for the user "
-                          f"table, {item_budget} for the item table): {exc}") from None
+    except ConfigError:
+        needs = (table_bytes(n_users, dim, n_users), table_bytes(n_items, dim, n_items))
+        smallest = max(-(-need * (n_users + n_items) // rows)
+                       for need, rows in zip(needs, (n_users, n_items)))
+        while any(part < need for part, need in
+                  zip(_split_budget(smallest, n_users, n_items), needs)):
+            smallest += 1
+        raise ConfigError(f"sparse.budget_bytes: {cfg.budget_bytes} bytes is too small for "
+                          f"{cfg.method}, which needs one active entry per row of both tables: "
+                          f"the smallest budget that works is {smallest} bytes") from None
     logger.info("budget %d bytes -> density %.4f (users), %.4f (items)", cfg.budget_bytes,
                 *densities)
     return densities
+
+
+def _split_budget(budget: int, n_users: int, n_items: int) -> tuple[int, int]:
+    """A budget's user and item parts, in proportion to the tables' rows."""
+    user_budget = budget * n_users // (n_users + n_items)
+    return user_budget, budget - user_budget
+
+
+def model_dim(cfg: SparseConfig, n_users: int, n_items: int, dim: int) -> int:
+    """The tables' embedding dimension: ``dim`` (``model.dim``), or for ``dense`` with
+    ``sparse.budget_bytes`` the largest dimension up to it whose two dense tables with Adam
+    state fit the budget (the smaller dense model a practitioner would try).
+
+    Raises
+    ------
+    ConfigError
+        A budget below dimension 1; the message names the smallest budget that works.
+    """
+    if cfg.method != "dense" or cfg.budget_bytes == 0:
+        return dim
+    try:
+        solved = dense_dim_for_budget((n_users, n_items), dim, cfg.budget_bytes)
+    except ConfigError as exc:
+        raise ConfigError(f"sparse.budget_bytes: too small for dense: {exc}") from None
+    logger.info("budget %d bytes -> dense dimension %d", cfg.budget_bytes, solved)
+    return solved
 
 
 def model_tables(model: Recommender) -> dict[str, EmbeddingTable]:

@@ -1,6 +1,7 @@
-"""Tuning the fleet recipe on validation data: one run of the LastFM fleet as it was before
-tuning (``tuning_base_lastfm.toml``) per call, with ``data.split = "val"`` (a fixed seeded 10%
-of each user's training interactions; the test split is never read) and the given overrides,
+"""Tuning the fleet recipe on validation data: one run of the LastFM or full Gowalla fleet as it
+was before tuning (``tuning_base_<dataset>.toml``) per call, with ``data.split = "val"``
+(Gowalla's ``model_val.txt``; for LastFM a fixed seeded 10% of each user's training
+interactions; the test split is never read) and the given overrides,
 written to
 ``results/tuning/<dataset>_<method>/<setting>/`` (the run's results directory without
 ``model.npz``, checkpoints and plot, with ``cross_tier.json`` from ``cross_tier.py``).
@@ -43,7 +44,7 @@ def setting_name(overrides: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="lastfm", choices=["lastfm"])
+    parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
     parser.add_argument("--method", required=True, choices=list(FLEET_METHODS))
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--eval-every", type=int, default=10)

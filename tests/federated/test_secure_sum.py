@@ -6,8 +6,8 @@ from scipy import stats
 
 from fedsparse.data import synthetic_dataset
 from fedsparse.federated.faults import FaultModel
-from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_contribution,
-                                     nmf_contribution, nmf_masked_steps, nmf_server_step,
+from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_nmf_sum,
+                                     nmf_contribution, nmf_row_steps, nmf_server_step,
                                      plan_unmasking, reveal_secrets)
 from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, dangling_masks,
                                             decode_fixed, encode_fixed, encode_fixed_sparse,
@@ -116,7 +116,8 @@ def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():
     devices = list(range(12))
     keys = seeded_keys(devices, seed=5)
     peers = ring_neighbours(devices, 4, np.random.default_rng(1))
-    encoded = nmf_contribution(np.linspace(0.5, 2.0, rank), items, n_items, BITS)
+    encoded = encode_fixed_sparse(*nmf_contribution(np.linspace(0.5, 2.0, rank), items, n_items),
+                                  contribution_size(rank, n_items), BITS)
     masked = mask_contribution(encoded, 4, secrets_of(keys, peers, 4), step=1)
     words = masked.astype(np.float64) / 2.0 ** 64
     assert stats.kstest(words, "uniform").pvalue > 1e-3
@@ -162,21 +163,22 @@ def test_a_survivor_cut_off_by_dropouts_is_left_out_not_unmasked():
 
 
 def test_federated_nmf_under_secure_sum_equals_centralized_nmf():
-    """Three masked iterations with dropouts of no one: H equals Lee-Seung on the same R."""
+    """Three masked iterations, the devices in two cohorts that each send one sum, with
+    dropouts of no one: H equals Lee-Seung on the same R."""
     data = synthetic_dataset(n_users=30, n_items=25, per_user=6, test_per_user=2, seed=4)
     users, rank, seed = np.arange(30), 4, 7
     keys = seeded_keys(list(range(30)), seed=3)
     peers = ring_neighbours(list(range(30)), 4, np.random.default_rng(seed))
     public = {device: {peer: keys[peer].public for peer in peers[device]} for device in peers}
     rows, h = {}, initial_nmf_items(seed, rank, data.n_items)
-    size = contribution_size(rank, data.n_items)
     for step in (1, 2, 3):
         task = MaskedStep(step=step, h=None if step == 1 else h, peers=public,
                           fraction_bits=BITS)
-        total = np.zeros(size, np.uint64)
-        for _, masked in nmf_masked_steps(data, users, rows, keys, list(range(30)), seed, rank,
-                                          task, FaultModel()):
-            total += masked
+        total = np.zeros(contribution_size(rank, data.n_items), np.uint64)
+        for cohort in (list(range(15)), list(range(15, 30))):
+            sent = nmf_row_steps(data, users, rows, cohort, seed, rank, task, FaultModel())
+            assert sent == cohort
+            total += masked_nmf_sum(data, users, rows, keys, sent, rank, task)
         h, _ = nmf_server_step(h, decode_fixed(total, BITS))
     w0 = np.stack([initial_nmf_row(seed, device, rank) for device in range(30)])
     _, expected = nmf_multiplicative(data.train[users], w0,
@@ -184,14 +186,24 @@ def test_federated_nmf_under_secure_sum_equals_centralized_nmf():
     np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_a_resend_is_the_masked_vector_sent_before():
-    data = synthetic_dataset(n_users=6, n_items=10, per_user=3, test_per_user=1, seed=0)
-    keys = seeded_keys(range(6))
-    peers = ring_neighbours(list(range(6)), 2, np.random.default_rng(0))
+def test_a_cohorts_nmf_sum_is_the_sum_of_its_devices_fully_masked_vectors():
+    """Skipping the masks of pairs inside the cohort changes nothing in what it sends; a resend
+    from the same rows is the same sum."""
+    data = synthetic_dataset(n_users=8, n_items=10, per_user=3, test_per_user=1, seed=0)
+    users, rank = np.arange(8), 3
+    keys = seeded_keys(range(8))
+    peers = ring_neighbours(list(range(8)), 4, np.random.default_rng(0))
     public = {d: {p: keys[p].public for p in peers[d]} for d in peers}
     task = MaskedStep(step=1, h=None, peers=public, fraction_bits=BITS)
     rows = {}
-    sent = dict(nmf_masked_steps(data, np.arange(6), rows, keys, [0, 1, 2], 0, 3, task,
-                                 FaultModel()))
-    again = masked_contribution(data, np.arange(6), rows, keys, 1, task)
-    np.testing.assert_array_equal(again, sent[1])
+    cohort = nmf_row_steps(data, users, rows, [0, 1, 2, 3, 4], 0, rank, task, FaultModel())
+    size = contribution_size(rank, data.n_items)
+    expected = np.zeros(size, np.uint64)
+    for device in cohort:
+        encoded = encode_fixed_sparse(*nmf_contribution(
+            rows[device], data.train[device].indices, data.n_items), size, BITS)
+        expected += mask_for_peers(encoded, device, keys[device], public[device], 1)
+    summed = masked_nmf_sum(data, users, rows, keys, cohort, rank, task)
+    assert np.array_equal(summed, expected)
+    assert np.array_equal(masked_nmf_sum(data, users, dict(rows), keys, cohort, rank, task),
+                          summed)

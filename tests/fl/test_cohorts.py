@@ -2,6 +2,7 @@
 SuperNode, and each device's bytes are those of a message to it alone."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import Context, MetricRecord, RecordDict
 
@@ -18,6 +19,7 @@ from fedsparse.seeding import generator_for
 from fedsparse.sparse.masks import random_mask
 
 COHORT_FLEET = ("fl.rounds=4", "fl.clients_per_round=18", "fl.crash_prob=0.15",
+                "fl.tiers.large.budget_bytes=4000", "fl.nmf_devices=12",     # sampled NMF
                 "fl.offline_prob=0.1", "fl.offline_rounds=2", "fl.speed_jitter=0.5",
                 "fl.deadline_seconds=0.09", "fl.eval_every=2", "fl.mask_interval=1")
 
@@ -35,8 +37,10 @@ def test_one_device_per_supernode_and_auto_cohorts_write_the_same_files(fleet_co
         assert main(["simulate", str(config), "--out", str(runs[per_node])]) == 0
     assert len(list((runs[0] / "checkpoint" / "devices").iterdir())) == 2     # 2 cohorts
     assert len(list((runs[1] / "checkpoint" / "devices").iterdir())) > 2     # 1 device each
-    for name in ("metrics.json", "clients.csv", "model.npz"):
+    for name in ("metrics.json", "clients.csv", "model.npz", "nmf_history.csv"):
         assert (runs[1] / name).read_bytes() == (runs[0] / name).read_bytes(), name
+    nmf = pd.read_csv(runs[0] / "nmf_history.csv")          # a fresh sample of 12 each time
+    assert (nmf["sent"] + nmf["dropped"] == 12).all() and (nmf["summed"] > 0).all()
 
 
 def test_cohorts_split_the_fleet_in_order():
@@ -92,6 +96,7 @@ def test_each_device_is_charged_the_bytes_of_a_message_to_it_alone(server_identi
     (("fl.ray_address=127.0.0.1:1",), "fl.ray_address: no Ray cluster reachable at 127.0.0.1:1"),
     (("fl.ray_address=nohost",), "fl.ray_address: 'nohost' is not host:port"),
     (("train.lr=0.5",), "train.lr: a fleet ignores it"),
+    (("model.value_dtype=int8",), "model.value_dtype: a fleet ignores it"),
     (("fl.tiers.small.budget_bytes=10", "sparse.method=dense"),
      "fl.tiers.small.budget_bytes: too small for dense"),
 ])

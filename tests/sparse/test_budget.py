@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fedsparse.errors import ConfigError
-from fedsparse.sparse import (SparseEmbeddingTable, density_for_budget, nnz_for_budget, spread_mask,
-                              table_bytes)
+from fedsparse.sparse import (SparseEmbeddingTable, dense_bytes, dense_dim_for_budget,
+                              density_for_budget, nnz_for_budget, spread_mask, table_bytes)
 
 
 def adam_bytes(table: SparseEmbeddingTable) -> int:
@@ -74,3 +74,15 @@ def test_too_small_a_budget_is_one_line_config_error():
         nnz_for_budget(1000, 64, need - 1)
     message = str(error.value)
     assert "\n" not in message and str(need - 1) in message and "1000 x 64" in message
+
+
+def test_the_dense_dimension_solved_from_a_budget_fits_and_the_next_does_not():
+    tables = (300, 500)
+    for budget in (20_000, 123_456, 400_000):
+        dim = dense_dim_for_budget(tables, 64, budget)
+        assert sum(dense_bytes(rows, dim) for rows in tables) <= budget
+        assert sum(dense_bytes(rows, dim + 1) for rows in tables) > budget
+    assert dense_bytes(300, 7) == 3 * 4 * 300 * 7 + 4     # values, Adam's moments and step
+    assert dense_dim_for_budget(tables, 16, 10**9) == 16             # at most model.dim
+    with pytest.raises(ConfigError, match="smallest budget that works is 9608 bytes"):
+        dense_dim_for_budget(tables, 64, 9607)

@@ -12,7 +12,7 @@ from fedsparse.models import MF
 from fedsparse.models.base import bpr_loss, l2_penalty
 from fedsparse.report.results import reevaluate_run, write_run
 from fedsparse.seeding import generator_for
-from fedsparse.sparse import SparseEmbeddingTable, mask_nnz
+from fedsparse.sparse import SparseEmbeddingTable, mask_nnz, table_bytes
 from fedsparse.train import train_centralized
 from fedsparse.train.dst import DynamicSparsity
 from fedsparse.train.sampling import NegativeSampler
@@ -101,10 +101,31 @@ def test_budget_gives_a_model_within_it(small_data, method):
     assert result.metrics["dense_bytes"] == 4 * (small_data.n_users + small_data.n_items) * 8
 
 
-def test_too_small_budget_is_a_one_line_config_error(small_data):
-    with pytest.raises(ConfigError, match="sparse.budget_bytes: too small") as info:
-        train(small_data, "sparse.method=static", "sparse.budget_bytes=1000")
-    assert "\n" not in str(info.value)
+def test_dense_with_a_budget_trains_the_widest_dimension_that_fits(small_data):
+    budget = 3 * 4 * (small_data.n_users + small_data.n_items) * 8 // 3     # a third of d = 8
+    _, result = train(small_data, "sparse.method=dense", f"sparse.budget_bytes={budget}")
+    assert result.metrics["dim"] == 2 and result.metrics["density"] == 1.0
+    assert result.metrics["train_bytes"] <= budget
+    assert result.metrics["train_bytes"] * 3 // 2 > budget          # d = 3 would not fit
+    assert result.model.user_table.values.shape == (small_data.n_users, 2)
+
+
+@pytest.mark.parametrize("method, smallest", [
+    ("static", lambda data: table_bytes(data.n_users, 8, data.n_users)
+     * (data.n_users + data.n_items) // data.n_users),
+    ("dense", lambda data: 3 * 4 * (data.n_users + data.n_items) + 8)])
+def test_too_small_budget_names_the_method_and_the_smallest_budget_that_works(
+        small_data, method, smallest):
+    with pytest.raises(ConfigError, match="sparse.budget_bytes: ") as info:
+        train(small_data, f"sparse.method={method}", "sparse.budget_bytes=1000")
+    message = str(info.value)
+    assert "\n" not in message and method in message
+    works = int(message.split("smallest budget that works is ")[1].split()[0])
+    assert abs(works - smallest(small_data)) <= 2
+    _, result = train(small_data, f"sparse.method={method}", f"sparse.budget_bytes={works}")
+    assert result.metrics["train_bytes"] <= works
+    with pytest.raises(ConfigError):
+        train(small_data, f"sparse.method={method}", f"sparse.budget_bytes={works - 1}")
 
 
 def test_results_hold_the_real_masks_and_reevaluate(small_data, tmp_path, monkeypatch):
