@@ -156,8 +156,9 @@ class PrivacyConfig:
 
     min_aggregate: int = _option(100, low=2, doc="fewest devices a sum the server opens may "
                                                  "cover (federated NMF)")
-    mask_neighbours: int = _option(4, low=2, doc="mask peers per device in the secure sum's "
-                                                 "ring graph (even: half on either side); a "
+    mask_neighbours: int = _option(4, low=2, doc="mask peers per device (at most) in the "
+                                                 "secure sum's graph, the union of "
+                                                 "mask_neighbours / 2 random rings (even); a "
                                                  "device is exposed only if they all collude "
                                                  "with the server")
     fraction_bits: int = _option(40, low=16, high=48,

@@ -3,7 +3,7 @@ federated NMF (:mod:`fedsparse.federated.nmf`) and of a secure training round
 (:mod:`fedsparse.federated.secure_training`).
 
 Every phase runs the same stages: the devices send fresh public keys (QUERY
-``secure-keys``); the server pairs them in a seeded ring graph and sends each its peers' keys
+``secure-keys``); the server pairs them in a seeded mask graph and sends each its peers' keys
 with the work; the devices reply with masked vectors, summed per SuperNode (per tier in
 training); the server takes back the vectors of survivors cut off from every large enough group
 (``nmf-resend``/``train-resend``), asks the neighbours of dropped devices for those pairs'
@@ -27,7 +27,7 @@ from fedsparse.errors import FedsparseError
 from fedsparse.federated.fleet import fleet_identity
 from fedsparse.federated.nmf import (Unmasking, contribution_size, nmf_server_step,
                                      plan_unmasking)
-from fedsparse.federated.secure_sum import dangling_masks, decode_fixed, ring_neighbours
+from fedsparse.federated.secure_sum import dangling_masks, decode_fixed, mask_graph
 from fedsparse.federated.secure_training import TRAINING_STEP_BASE
 from fedsparse.federated.server import OpenedSums
 from fedsparse.fl.records import (arrays_record, config_record, device_key, keys_record,
@@ -218,8 +218,8 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
             chosen = numpy_rng_for(cfg.seed, step, 0, "nmf-sample").choice(
                 len(devices), size=sample, replace=False)
             devices = [devices[index] for index in np.sort(chosen)]
-        ring = numpy_rng_for(cfg.seed, step if sample else 0, 0, "secure-sum-ring")
-        return SecureGroup(peers=ring_neighbours(devices, privacy.mask_neighbours, ring),
+        graph = numpy_rng_for(cfg.seed, step if sample else 0, 0, "secure-sum-graph")
+        return SecureGroup(peers=mask_graph(devices, privacy.mask_neighbours, graph),
                            public=public, record="nmf")
 
     h, gram = initial_nmf_items(cfg.seed, dim, n_items), np.zeros((dim, dim))
@@ -273,9 +273,9 @@ def secure_train_round(strategy: SparseFedStrategy, grid: Grid, server_round: in
     public, key_bytes = collect_public_keys(grid, by_node(strategy.node_devices, devices), base)
     tiers = sorted({int(server.plan.device_tier[device]) for device in public})
     groups = {tier: SecureGroup(
-        peers=ring_neighbours([d for d in sorted(public) if server.plan.device_tier[d] == tier],
-                              privacy.mask_neighbours,
-                              numpy_rng_for(cfg.seed, server_round, tier, "secure-sum-ring")),
+        peers=mask_graph([d for d in sorted(public) if server.plan.device_tier[d] == tier],
+                         privacy.mask_neighbours,
+                         numpy_rng_for(cfg.seed, server_round, tier, "secure-sum-graph")),
         public=public, record=device_key("secure", tier)) for tier in tiers}
     records = {device: {device_key("peers", device): group.peer_record(device)}
                for group in groups.values() for device in group.peers}

@@ -11,8 +11,8 @@ from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_nmf_s
                                      plan_unmasking, reveal_secrets)
 from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, dangling_masks,
                                             decode_fixed, encode_fixed, encode_fixed_sparse,
-                                            mask_contribution, mask_for_peers, pair_secret,
-                                            peers_outside, ring_neighbours)
+                                            mask_contribution, mask_for_peers, mask_graph,
+                                            pair_secret, peers_outside, summed_components)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
 
 BITS = 40
@@ -58,13 +58,19 @@ def test_fixed_point_round_trips_within_half_a_step_and_rejects_what_does_not_fi
         encode_fixed(np.array([2.0 ** 40]), BITS)
 
 
-def test_ring_graph_is_symmetric_with_the_asked_degree():
-    devices = list(range(50))
-    peers = ring_neighbours(devices, 6, np.random.default_rng(3))
-    assert all(len(peers[device]) == 6 for device in devices)
+def test_mask_graph_is_symmetric_connected_and_survives_dropouts():
+    devices = list(range(500))
+    peers = mask_graph(devices, 6, np.random.default_rng(3))
+    degrees = [len(peers[device]) for device in devices]
+    assert max(degrees) == 6 and min(degrees) >= 2 and np.mean(degrees) > 5.9
     assert all(device in peers[peer] for device in devices for peer in peers[device])
-    assert ring_neighbours(devices, 6, np.random.default_rng(3)) == peers
-    small = ring_neighbours([0, 1, 2], 8, np.random.default_rng(0))   # fewer than the degree
+    assert all(device not in peers[device] for device in devices)
+    assert mask_graph(devices, 6, np.random.default_rng(3)) == peers
+    assert len(summed_components(peers, set(devices), 500)) == 1          # connected
+    survivors = set(np.flatnonzero(np.random.default_rng(4).random(500) > 0.3).tolist())
+    kept = summed_components(mask_graph(devices, 4, np.random.default_rng(5)), survivors, 100)
+    assert sum(map(len, kept)) > 0.95 * len(survivors)        # 30% dropped: still one sum
+    small = mask_graph([0, 1, 2], 8, np.random.default_rng(0))   # fewer than the degree
     assert small == {0: [1, 2], 1: [0, 2], 2: [0, 1]}
 
 
@@ -73,7 +79,7 @@ def test_secure_sum_equals_the_plain_sum():
     devices = list(range(30))
     vectors = {device: rng.normal(size=200) for device in devices}
     keys = seeded_keys(devices)
-    peers = ring_neighbours(devices, 4, np.random.default_rng(0))
+    peers = mask_graph(devices, 4, np.random.default_rng(0))
     opened, plan = open_sum(masked_vectors(vectors, keys, peers), keys, peers, min_aggregate=10)
     assert plan.excluded == [] and plan.reveal == {}
     np.testing.assert_allclose(opened, sum(vectors.values()), atol=30 * 2.0 ** -BITS)
@@ -84,7 +90,7 @@ def test_a_cohort_that_skips_its_inner_pairs_sends_the_same_sum():
     devices = list(range(12))
     vectors = {device: encode_fixed(rng.normal(size=64), BITS) for device in devices}
     keys = seeded_keys(devices)
-    peers = ring_neighbours(devices, 4, np.random.default_rng(1))
+    peers = mask_graph(devices, 4, np.random.default_rng(1))
     public = {device: {peer: keys[peer].public for peer in peers[device]} for device in devices}
     cohort = {0, 1, 2, 3, 4, 5}
     every_pair, outer_pairs = np.zeros(64, np.uint64), np.zeros(64, np.uint64)
@@ -115,7 +121,7 @@ def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():
     n_items, rank, items = 500, 8, np.array([3, 17, 256, 400])
     devices = list(range(12))
     keys = seeded_keys(devices, seed=5)
-    peers = ring_neighbours(devices, 4, np.random.default_rng(1))
+    peers = mask_graph(devices, 4, np.random.default_rng(1))
     encoded = encode_fixed_sparse(*nmf_contribution(np.linspace(0.5, 2.0, rank), items, n_items),
                                   contribution_size(rank, n_items), BITS)
     masked = mask_contribution(encoded, 4, secrets_of(keys, peers, 4), step=1)
@@ -136,7 +142,7 @@ def test_devices_that_drop_after_their_keys_went_out_do_not_break_the_sum():
     devices = list(range(40))
     vectors = {device: rng.normal(size=64) for device in devices}
     keys = seeded_keys(devices, seed=1)
-    peers = ring_neighbours(devices, 4, np.random.default_rng(2))
+    peers = mask_graph(devices, 4, np.random.default_rng(2))
     dropped = {7, 8, 21}
     masked = {d: m for d, m in masked_vectors(vectors, keys, peers).items() if d not in dropped}
     opened, plan = open_sum(masked, keys, peers, min_aggregate=10)
@@ -151,7 +157,7 @@ def test_devices_that_drop_after_their_keys_went_out_do_not_break_the_sum():
 def test_a_survivor_cut_off_by_dropouts_is_left_out_not_unmasked():
     devices = list(range(20))
     keys = seeded_keys(devices, seed=2)
-    peers = ring_neighbours(devices, 2, np.random.default_rng(4))
+    peers = mask_graph(devices, 2, np.random.default_rng(4))
     lonely = 5
     dropped = set(peers[lonely])                            # both its ring neighbours
     plan = plan_unmasking(peers, set(devices) - dropped, min_aggregate=3)
@@ -168,7 +174,7 @@ def test_federated_nmf_under_secure_sum_equals_centralized_nmf():
     data = synthetic_dataset(n_users=30, n_items=25, per_user=6, test_per_user=2, seed=4)
     users, rank, seed = np.arange(30), 4, 7
     keys = seeded_keys(list(range(30)), seed=3)
-    peers = ring_neighbours(list(range(30)), 4, np.random.default_rng(seed))
+    peers = mask_graph(list(range(30)), 4, np.random.default_rng(seed))
     public = {device: {peer: keys[peer].public for peer in peers[device]} for device in peers}
     rows, h = {}, initial_nmf_items(seed, rank, data.n_items)
     for step in (1, 2, 3):
@@ -192,7 +198,7 @@ def test_a_cohorts_nmf_sum_is_the_sum_of_its_devices_fully_masked_vectors():
     data = synthetic_dataset(n_users=8, n_items=10, per_user=3, test_per_user=1, seed=0)
     users, rank = np.arange(8), 3
     keys = seeded_keys(range(8))
-    peers = ring_neighbours(list(range(8)), 4, np.random.default_rng(0))
+    peers = mask_graph(list(range(8)), 4, np.random.default_rng(0))
     public = {d: {p: keys[p].public for p in peers[d]} for d in peers}
     task = MaskedStep(step=1, h=None, peers=public, fraction_bits=BITS)
     rows = {}
