@@ -84,7 +84,7 @@ class TrainConfig:
 
 #: Methods of ``sparse.method`` (DESIGN section 3; ``fedsparse.train.dst`` implements them).
 SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "sparserec_no_nmf",
-                  "sparserec_no_accumulation", "sparserec_no_sampling")
+                  "sparserec_no_accumulation", "sparserec_no_sampling", "mixed_dim")
 #: Methods of ``sparse.method`` only a fleet runs (``fedsparse.federated.methods``).
 FLEET_ONLY_METHODS = ("nested_dims",)
 
@@ -100,10 +100,13 @@ class SparseConfig:
                               "after dense_fraction of the steps, fine-tune; sparserec: NMF "
                               "init, grow by accumulated |grad|, sampled backward (LightGCN); "
                               "sparserec_no_{nmf,accumulation,sampling}: one idea switched "
-                              "off; nested_dims (fleets only): each tier trains the first d_t "
+                              "off; mixed_dim: dense blocks of rows by popularity, block "
+                              "dimensions from a power law, projected to model.dim (Ginart et "
+                              "al. 2019); nested_dims (fleets only): each tier trains the first d_t "
                               "dimensions of one dense item table")
     density: float = _option(0.1, low=0.0, open_low=True, high=1.0,
-                             doc="fraction of each table's entries kept (not used by dense)")
+                             doc="fraction of each table's entries kept (not used by dense; "
+                                 "mixed_dim: of each dense table's bytes with Adam state)")
     budget_bytes: int = _option(0, low=0,
                                 doc="> 0 overrides density: bytes of both tables' values, index "
                                     "and Adam state, split in proportion to the table sizes "
@@ -123,6 +126,11 @@ class SparseConfig:
     sample_rows: int = _option(1024, low=0,
                                doc="rows sampled by importance per step, beyond the batch's, "
                                    "for the sampled backward (LightGCN)")
+    mixed_blocks: int = _option(8, low=1, doc="mixed_dim: row blocks of each table, by "
+                                              "training frequency")
+    mixed_temperature: float = _option(0.3, low=0.0, high=1.0,
+                                       doc="mixed_dim: alpha of the block dimensions "
+                                           "d_b ~ popularity_b^alpha (0: all alike)")
     dense_fraction: float = _option(0.5, low=0.0, open_low=True, high=1.0, open_high=True,
                                     doc="magnitude: fraction of the steps trained dense")
 

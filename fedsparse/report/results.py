@@ -18,6 +18,7 @@ from fedsparse.data import InteractionData, load_dataset
 from fedsparse.errors import ConfigError, FedsparseError
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models.lightgcn import layer_mean, normalized_adjacency
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable, block_sizes, scale_groups
 from fedsparse.sparse.precision import StoredValues, dequantize
 from fedsparse.train import TrainResult, train_centralized
 from fedsparse.train.precision import values_at_precision
@@ -63,6 +64,10 @@ def model_arrays(result: TrainResult, value_dtype: str) -> dict[str, np.ndarray]
               "item_mask": model.item_table.mask().numpy()}
     for name, values in stored.items():
         arrays[f"{name}_codes"], arrays[f"{name}_scales"] = values.codes, values.scales
+        table = getattr(model, f"{name}_table")
+        if isinstance(table, MixedDimEmbeddingTable):
+            arrays.update({f"{name}_{key}": array
+                           for key, array in table.layout_arrays().items()})
     if not (np.array_equal(user_final, tables["user"])
             and np.array_equal(item_final, tables["item"])):
         arrays["user_final"], arrays["item_final"] = user_final, item_final
@@ -71,14 +76,22 @@ def model_arrays(result: TrainResult, value_dtype: str) -> dict[str, np.ndarray]
 
 def decoded_table(model: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
     """Table ``name`` (``"user"``, ``"item"``) of a stored ``model.npz``, decoded from its
-    codes, scales and mask at the stored ``value_dtype``: (n_rows, d) float32, zeros at pruned
-    entries."""
-    mask = model[f"{name}_mask"]
+    codes and scales at the stored ``value_dtype``: (n_rows, d) float32. A sparse or dense
+    table's values sit at its mask's entries, row-major (zeros elsewhere); a mixed-dimension
+    table is rebuilt from its ``position`` and ``block_dims`` and projected."""
+    mask, dtype = model[f"{name}_mask"], str(model["value_dtype"])
+    codes, scales = model[f"{name}_codes"], model[f"{name}_scales"]
+    if f"{name}_block_dims" in model:
+        position, block_dims = model[f"{name}_position"], model[f"{name}_block_dims"]
+        groups, _ = scale_groups(block_sizes(len(position), len(block_dims)), block_dims,
+                                 mask.shape[1])
+        values = dequantize(StoredValues(dtype, codes, scales, groups.size), groups)
+        table = MixedDimEmbeddingTable.from_storage(position, mask.shape[1], block_dims, values)
+        with torch.no_grad():
+            return table.to_dense().numpy()
     rows = np.nonzero(mask)[0]                                      # (nnz,) row-major order
-    stored = StoredValues(str(model["value_dtype"]), model[f"{name}_codes"],
-                          model[f"{name}_scales"], rows.size)
     dense = np.zeros(mask.shape, dtype=np.float32)
-    dense[mask] = dequantize(stored, rows)
+    dense[mask] = dequantize(StoredValues(dtype, codes, scales, rows.size), rows)
     return dense
 
 

@@ -8,9 +8,11 @@ Parameter, ``gather(rows)`` (also their ``forward``), ``to_dense()``, ``mask()``
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 
@@ -64,6 +66,11 @@ class DenseEmbeddingTable(nn.Module):
         """(n_rows, dim) bool, all True."""
         return torch.ones(self.n_rows, self.dim, dtype=torch.bool, device=self.values.device)
 
+    def scale_groups(self) -> tuple[np.ndarray, int]:
+        """The precision codec's groups (one scale each), its rows: (nnz,) int64 row of each
+        value, in the order of ``values``, and their number."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int64), self.dim), self.n_rows
+
     def floor_bytes(self) -> int:
         """4 bytes per value: a dense table needs no index."""
         return 4 * self.nnz
@@ -77,5 +84,5 @@ class DenseEmbeddingTable(nn.Module):
         return sum(tensor.nbytes for tensor in held)
 
 
-#: Either kind of embedding table.
-EmbeddingTable = DenseEmbeddingTable | SparseEmbeddingTable
+#: Any kind of embedding table.
+EmbeddingTable = DenseEmbeddingTable | SparseEmbeddingTable | MixedDimEmbeddingTable

@@ -1,12 +1,13 @@
 """Value precision of a stored table (``model.value_dtype``): the codec, one place.
 
-A table's active values (row-major, as :class:`~fedsparse.sparse.storage.SparseEmbeddingTable`
-holds them; a dense table's are all its entries) are stored as
+A table's values (a sparse table's active values, row-major; a dense table's every entry; a
+mixed-dimension table's blocks and projections), in groups that share a scale (a table's rows:
+``scale_groups()``), are stored as
 
 * ``float32``: themselves (4 bytes a value);
 * ``float16``: rounded to half precision (2 bytes);
 * ``int8``, ``int4``, ``int2``: symmetric integer codes q in [-L, L], L = 2^(bits - 1) - 1
-  (127, 7, 1), with one float16 scale per row, ``scale_r = max |v| over row r / L`` rounded up
+  (127, 7, 1), with one float16 scale per group (row), ``scale_r = max |v| over r / L`` rounded up
   to half precision, so that ``v ~ q * scale_r`` within half a step (``scale_r / 2``). Codes
   are stored offset by L (unsigned) and packed ``8 / bits`` to a byte, the first value in the
   lowest bits. (A sparse row holds few values, 3 on average at density 0.05 and d = 64, so a

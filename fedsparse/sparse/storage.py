@@ -374,6 +374,11 @@ class SparseEmbeddingTable(nn.Module):
             counts, output_size=self.nnz)                               # (nnz,)
         return rows, self.columns.long()
 
+    def scale_groups(self) -> tuple[np.ndarray, int]:
+        """The precision codec's groups (one scale each), its rows: (nnz,) int64 row of each
+        value, in the order of ``values``, and their number."""
+        return self.active_coordinates()[0].numpy().astype(np.int64), self.n_rows
+
     def floor_bytes(self) -> int:
         """The reference floor that :meth:`memory_bytes` is judged against: 4 bytes per active
         value plus the smaller bare index (column ids or bitmap, no per-row counts; none for a

@@ -23,7 +23,8 @@ from fedsparse.data.dataset import InteractionData
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import Recommender, build_model
 from fedsparse.seeding import generator_for
-from fedsparse.train.dst import DynamicSparsity, memory_metrics, model_dim, model_tables
+from fedsparse.train.dst import (DynamicSparsity, memory_metrics, mixed_tables, model_dim,
+                                 model_tables)
 from fedsparse.train.precision import stored_bytes, values_at_precision
 from fedsparse.train.sampling import NegativeSampler
 
@@ -58,8 +59,8 @@ def evaluate_model(model: Recommender, data: InteractionData, *, k: int,
 
 def build_training(cfg: ExperimentConfig,
                    data: InteractionData) -> tuple[Recommender, torch.optim.Optimizer, DynamicSparsity]:
-    """The model (with its initial masks, at :func:`~fedsparse.train.dst.model_dim`), its Adam
-    optimizer and the DST controller."""
+    """The model (with its initial masks or mixed-dimension tables, at
+    :func:`~fedsparse.train.dst.model_dim`), its Adam optimizer and the DST controller."""
     steps_per_epoch = math.ceil(data.train.nnz / cfg.train.batch_size)
     dim = model_dim(cfg.sparse, data.n_users, data.n_items, cfg.model.dim)
     sparsity = DynamicSparsity(cfg.sparse, data, dim=dim, seed=cfg.seed,
@@ -68,6 +69,10 @@ def build_training(cfg: ExperimentConfig,
     model = build_model(dataclasses.replace(cfg.model, dim=dim), data, l2=cfg.train.l2,
                         generator=generator_for(cfg.seed, 0, 0, "init"),
                         masks=sparsity.initial_masks())
+    if sparsity.method.init == "mixed":
+        model.user_table, model.item_table = mixed_tables(
+            cfg.sparse, data, dim, init_std=cfg.model.init_std,
+            generator=generator_for(cfg.seed, 0, 0, "mixed-init"))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     sparsity.attach(model, optimizer)
     return model, optimizer, sparsity

@@ -47,10 +47,11 @@ from fedsparse.models import Recommender
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import (EmbeddingTable, GradientAccumulator, SparseEmbeddingTable,
                               apply_update, constant_update_fraction, cosine_update_fraction,
-                              dense_dim_for_budget, density_for_budget, gradient_scores,
-                              is_update_step, magnitude_scores, nmf_masks, random_mask,
-                              random_scores, table_bytes, top_fraction_mask, update_count,
-                              update_mask)
+                              dense_bytes, dense_dim_for_budget, density_for_budget,
+                              gradient_scores, is_update_step, magnitude_scores, nmf_masks,
+                              random_mask, random_scores, table_bytes, top_fraction_mask,
+                              update_count, update_mask)
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable, mixed_bytes, mixed_dims_for_budget
 from fedsparse.sparse.sampled import importance_weights, sample_backward_rows
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class Method:
     Attributes
     ----------
     init : str
-        ``"dense"`` (dense tables), ``"random"`` or ``"nmf"`` initial masks.
+        ``"dense"`` (dense tables), ``"random"`` or ``"nmf"`` initial masks, or ``"mixed"``
+        (mixed-dimension tables, :mod:`fedsparse.sparse.mixed`).
     grow : str or None
         Grow score: ``"random"``, ``"last"`` (last batch's |grad|), ``"accumulated"`` (|grad|
         summed since the last update), or None when the mask never moves.
@@ -91,6 +93,7 @@ METHODS: dict[str, Method] = {
     "sparserec_no_nmf": Method("random", "accumulated", sampled=True),
     "sparserec_no_accumulation": Method("nmf", "last", sampled=True),
     "sparserec_no_sampling": Method("nmf", "accumulated"),
+    "mixed_dim": Method("mixed"),
 }
 
 
@@ -108,7 +111,7 @@ def table_densities(cfg: SparseConfig, n_users: int, n_items: int, dim: int) -> 
         When the budget cannot hold one active entry per row; the message names the method and
         the smallest budget that can.
     """
-    if cfg.method == "dense":
+    if cfg.method in ("dense", "mixed_dim"):
         return 1.0, 1.0
     if cfg.budget_bytes == 0:
         return cfg.density, cfg.density
@@ -118,14 +121,7 @@ def table_densities(cfg: SparseConfig, n_users: int, n_items: int, dim: int) -> 
                      density_for_budget(n_items, dim, item_budget))
     except ConfigError:
         needs = (table_bytes(n_users, dim, n_users), table_bytes(n_items, dim, n_items))
-        smallest = max(-(-need * (n_users + n_items) // rows)
-                       for need, rows in zip(needs, (n_users, n_items)))
-        while any(part < need for part, need in
-                  zip(_split_budget(smallest, n_users, n_items), needs)):
-            smallest += 1
-        raise ConfigError(f"sparse.budget_bytes: {cfg.budget_bytes} bytes is too small for "
-                          f"{cfg.method}, which needs one active entry per row of both tables: "
-                          f"the smallest budget that works is {smallest} bytes") from None
+        raise _too_small(cfg, needs, n_users, n_items, "one active entry per row") from None
     logger.info("budget %d bytes -> density %.4f (users), %.4f (items)", cfg.budget_bytes,
                 *densities)
     return densities
@@ -135,6 +131,52 @@ def _split_budget(budget: int, n_users: int, n_items: int) -> tuple[int, int]:
     """A budget's user and item parts, in proportion to the tables' rows."""
     user_budget = budget * n_users // (n_users + n_items)
     return user_budget, budget - user_budget
+
+
+def _too_small(cfg: SparseConfig, needs: tuple[int, int], n_users: int, n_items: int,
+               smallest_model: str) -> ConfigError:
+    """The one-line error of a budget below the user and item tables' ``needs`` (bytes of
+    the method's smallest tables): it names the method and the smallest budget whose split
+    (:func:`_split_budget`) covers both."""
+    smallest = max(-(-need * (n_users + n_items) // rows)
+                   for need, rows in zip(needs, (n_users, n_items)))
+    while any(part < need for part, need in zip(_split_budget(smallest, n_users, n_items), needs)):
+        smallest += 1
+    return ConfigError(f"sparse.budget_bytes: {cfg.budget_bytes} bytes is too small for "
+                       f"{cfg.method}, which needs {smallest_model} of both tables: the smallest "
+                       f"budget that works is {smallest} bytes")
+
+
+def mixed_tables(cfg: SparseConfig, data: InteractionData, dim: int, *, init_std: float,
+                 generator: torch.Generator) -> tuple[MixedDimEmbeddingTable,
+                                                      MixedDimEmbeddingTable]:
+    """``mixed_dim``'s user and item tables: rows blocked by training frequency, block
+    dimensions solved so that each table's measured memory with Adam state fits its part of
+    ``sparse.budget_bytes`` (split as for the sparse methods) or, without one, ``density``
+    times its dense table's.
+
+    Raises
+    ------
+    ConfigError
+        When a budget cannot hold dimension 1 in every block; the message names the method
+        and the smallest budget that works.
+    """
+    binary = data.train > 0
+    frequencies = (np.asarray(binary.sum(axis=1)).ravel(), np.asarray(binary.sum(axis=0)).ravel())
+    rows = (data.n_users, data.n_items)
+    budgets = (_split_budget(cfg.budget_bytes, *rows) if cfg.budget_bytes else
+               tuple(int(cfg.density * dense_bytes(n, dim)) for n in rows))
+    ones = np.ones(cfg.mixed_blocks, dtype=np.int64)
+    try:
+        dims = [mixed_dims_for_budget(frequency, dim, cfg.mixed_blocks, cfg.mixed_temperature,
+                                      budget) for frequency, budget in zip(frequencies, budgets)]
+    except ConfigError:
+        needs = tuple(mixed_bytes(frequency, dim, ones) for frequency in frequencies)
+        raise _too_small(cfg, needs, *rows, "dimension 1 in every block") from None
+    logger.info("mixed dimensions: users %s, items %s", dims[0].tolist(), dims[1].tolist())
+    return tuple(MixedDimEmbeddingTable(frequency, dim, block, init_std=init_std,
+                                        generator=generator)
+                 for frequency, block in zip(frequencies, dims))
 
 
 def model_dim(cfg: SparseConfig, n_users: int, n_items: int, dim: int) -> int:
@@ -301,10 +343,11 @@ class DynamicSparsity:
         self._last: dict[str, tuple[Tensor, Tensor]] = {}
 
     def initial_masks(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(user, item) bool masks to build the model with, or None for dense tables."""
+        """(user, item) bool masks to build the model with, or None for dense tables (and
+        mixed-dimension ones, which replace them: :func:`mixed_tables`)."""
         n_users, n_items = self.data.n_users, self.data.n_items
         user_density, item_density = self.densities
-        if self.method.init == "dense":
+        if self.method.init in ("dense", "mixed"):
             return None
         if self.method.init == "random":
             generator = generator_for(self.seed, 0, 0, "mask-init")

@@ -6,20 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from fedsparse.models import Recommender
-from fedsparse.sparse import EmbeddingTable, SparseEmbeddingTable
+from fedsparse.sparse import EmbeddingTable
 from fedsparse.sparse.precision import StoredValues, dequantize, quantize
 from fedsparse.train.dst import model_tables
-
-
-def value_rows(table: EmbeddingTable) -> np.ndarray:
-    """(nnz,) int64 row of each of ``table.values``, in their (row-major) order."""
-    if isinstance(table, SparseEmbeddingTable):
-        return table.active_coordinates()[0].numpy().astype(np.int64)
-    return np.repeat(np.arange(table.n_rows, dtype=np.int64), table.dim)
 
 
 def stored_bytes(table: EmbeddingTable, stored: StoredValues) -> int:
@@ -38,10 +30,9 @@ def values_at_precision(model: Recommender, dtype: str) -> Iterator[dict[str, St
     stored = {}
     with torch.no_grad():
         for name, table in tables.items():
-            rows = value_rows(table)
-            stored[name] = quantize(trained[name].numpy().reshape(-1), rows, table.n_rows,
-                                    dtype)
-            table.values.copy_(torch.from_numpy(dequantize(stored[name], rows))
+            groups, count = table.scale_groups()
+            stored[name] = quantize(trained[name].numpy().reshape(-1), groups, count, dtype)
+            table.values.copy_(torch.from_numpy(dequantize(stored[name], groups))
                                .reshape(table.values.shape))
     try:
         yield stored

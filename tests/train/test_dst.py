@@ -13,6 +13,7 @@ from fedsparse.models.base import bpr_loss, l2_penalty
 from fedsparse.report.results import reevaluate_run, write_run
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable, mask_nnz, table_bytes
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable, mixed_bytes
 from fedsparse.train import train_centralized
 from fedsparse.train.dst import DynamicSparsity
 from fedsparse.train.sampling import NegativeSampler
@@ -36,6 +37,11 @@ def test_every_method_trains_at_constant_target_density(small_data, method, mode
     tables = (result.model.user_table, result.model.item_table)
     if method == "dense":
         assert result.history["density"].eq(1.0).all() and result.metrics["mask_updates"] == 0
+        return
+    if method == "mixed_dim":                # density: of each dense table's bytes
+        assert all(isinstance(table, MixedDimEmbeddingTable) for table in tables)
+        assert all(0.15 < table.density <= 0.25 for table in tables)
+        assert result.metrics["mask_updates"] == 0
         return
     assert all(isinstance(table, SparseEmbeddingTable) for table in tables)
     for table in tables:
@@ -110,10 +116,24 @@ def test_dense_with_a_budget_trains_the_widest_dimension_that_fits(small_data):
     assert result.model.user_table.values.shape == (small_data.n_users, 2)
 
 
+def test_mixed_dim_trains_within_its_budget_with_popular_rows_wider(small_data):
+    budget = 3 * 4 * (small_data.n_users + small_data.n_items) * 8 // 3
+    _, result = train(small_data, "sparse.method=mixed_dim", f"sparse.budget_bytes={budget}",
+                      "sparse.mixed_blocks=4", "sparse.mixed_temperature=0.5")
+    assert budget * 0.8 < result.metrics["train_bytes"] <= budget
+    for table in (result.model.user_table, result.model.item_table):
+        assert isinstance(table, MixedDimEmbeddingTable)
+        assert (np.diff(table.block_dims) <= 0).all() and table.block_dims[0] > 1
+    assert result.metrics["recall@20"] > 0
+
+
 @pytest.mark.parametrize("method, smallest", [
     ("static", lambda data: table_bytes(data.n_users, 8, data.n_users)
      * (data.n_users + data.n_items) // data.n_users),
-    ("dense", lambda data: 3 * 4 * (data.n_users + data.n_items) + 8)])
+    ("dense", lambda data: 3 * 4 * (data.n_users + data.n_items) + 8),
+    ("mixed_dim", lambda data: max(
+        mixed_bytes(np.ones(rows), 8, np.ones(8, np.int64)) * (data.n_users + data.n_items)
+        // rows for rows in (data.n_users, data.n_items)))])
 def test_too_small_budget_names_the_method_and_the_smallest_budget_that_works(
         small_data, method, smallest):
     with pytest.raises(ConfigError, match="sparse.budget_bytes: ") as info:
