@@ -84,7 +84,7 @@ class TrainConfig:
 
 #: Methods of ``sparse.method`` (DESIGN section 3; ``fedsparse.train.dst`` implements them).
 SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "sparserec_no_nmf",
-                  "sparserec_no_accumulation", "sparserec_no_sampling", "mixed_dim")
+                  "sparserec_no_accumulation", "sparserec_no_sampling", "mixed_dim", "pep")
 #: Methods of ``sparse.method`` only a fleet runs (``fedsparse.federated.methods``).
 FLEET_ONLY_METHODS = ("nested_dims",)
 
@@ -102,7 +102,9 @@ class SparseConfig:
                               "sparserec_no_{nmf,accumulation,sampling}: one idea switched "
                               "off; mixed_dim: dense blocks of rows by popularity, block "
                               "dimensions from a power law, projected to model.dim (Ginart et "
-                              "al. 2019); nested_dims (fleets only): each tier trains the first d_t "
+                              "al. 2019); pep: learnable per-row soft thresholds, pruned to "
+                              "the budget, kept entries retrained from their initial values "
+                              "(Liu et al. 2021); nested_dims (fleets only): each tier trains the first d_t "
                               "dimensions of one dense item table")
     density: float = _option(0.1, low=0.0, open_low=True, high=1.0,
                              doc="fraction of each table's entries kept (not used by dense; "
@@ -131,8 +133,12 @@ class SparseConfig:
     mixed_temperature: float = _option(0.3, low=0.0, high=1.0,
                                        doc="mixed_dim: alpha of the block dimensions "
                                            "d_b ~ popularity_b^alpha (0: all alike)")
+    pep_threshold_init: float = _option(-5.0, doc="pep: initial s of every row's threshold "
+                                                  "sigmoid(s)")
     dense_fraction: float = _option(0.5, low=0.0, open_low=True, high=1.0, open_high=True,
-                                    doc="magnitude: fraction of the steps trained dense")
+                                    doc="magnitude, pep: the most of the steps trained dense "
+                                        "(pep prunes earlier once its thresholds have zeroed "
+                                        "enough entries)")
 
 
 

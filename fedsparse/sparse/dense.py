@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fedsparse.sparse.mixed import MixedDimEmbeddingTable
+from fedsparse.sparse.pep import SoftThresholdTable
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 
@@ -85,4 +86,5 @@ class DenseEmbeddingTable(nn.Module):
 
 
 #: Any kind of embedding table.
-EmbeddingTable = DenseEmbeddingTable | SparseEmbeddingTable | MixedDimEmbeddingTable
+EmbeddingTable = (DenseEmbeddingTable | SparseEmbeddingTable | MixedDimEmbeddingTable
+                  | SoftThresholdTable)

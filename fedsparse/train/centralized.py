@@ -23,6 +23,7 @@ from fedsparse.data.dataset import InteractionData
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import Recommender, build_model
 from fedsparse.seeding import generator_for
+from fedsparse.sparse.pep import SoftThresholdTable
 from fedsparse.train.dst import (DynamicSparsity, memory_metrics, mixed_tables, model_dim,
                                  model_tables)
 from fedsparse.train.precision import stored_bytes, values_at_precision
@@ -37,7 +38,9 @@ class TrainResult:
 
     ``metrics`` holds ``seconds_per_epoch`` (median over epochs of training time),
     ``mask_updates``, the tables' :func:`~fedsparse.train.dst.memory_metrics` (``density``,
-    ``model_bytes``, ``train_bytes``, ``dense_bytes``, ``floor_bytes``), ``precisions`` (each
+    ``model_bytes``, ``train_bytes``, ``dense_bytes``, ``floor_bytes``), ``peak_train_bytes``
+    (the most training held: a method that trains dense before pruning held its dense tables
+    with Adam state then), ``precisions`` (each
     value precision's Recall@K, NDCG@K and ``model_bytes``: :func:`evaluate_precision`), and
     the scores and ``model_bytes`` of the model as stored at ``model.value_dtype`` (at the
     default float32, those of the last epoch's evaluation).
@@ -73,6 +76,10 @@ def build_training(cfg: ExperimentConfig,
         model.user_table, model.item_table = mixed_tables(
             cfg.sparse, data, dim, init_std=cfg.model.init_std,
             generator=generator_for(cfg.seed, 0, 0, "mixed-init"))
+    elif sparsity.method.init == "pep":
+        model.user_table, model.item_table = (
+            SoftThresholdTable(table.values, cfg.sparse.pep_threshold_init)
+            for table in (model.user_table, model.item_table))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     sparsity.attach(model, optimizer)
     return model, optimizer, sparsity
@@ -155,6 +162,7 @@ def train_centralized(cfg: ExperimentConfig, data: InteractionData, *,
     final["mask_updates"] = sparsity.updates
     final["dim"] = model.item_table.dim
     final.update(memory_metrics(model, optimizer))
+    final["peak_train_bytes"] = max(final["train_bytes"], sparsity.dense_phase_bytes)
     model.eval()
     final["precisions"] = {dtype: evaluate_precision(model, data, dtype, k=tcfg.topk,
                                                      batch_size=tcfg.eval_batch_size)

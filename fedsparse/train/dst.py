@@ -66,15 +66,17 @@ class Method:
     Attributes
     ----------
     init : str
-        ``"dense"`` (dense tables), ``"random"`` or ``"nmf"`` initial masks, or ``"mixed"``
-        (mixed-dimension tables, :mod:`fedsparse.sparse.mixed`).
+        ``"dense"`` (dense tables), ``"random"`` or ``"nmf"`` initial masks, ``"mixed"``
+        (mixed-dimension tables, :mod:`fedsparse.sparse.mixed`) or ``"pep"`` (dense tables
+        with learnable thresholds, :mod:`fedsparse.sparse.pep`).
     grow : str or None
         Grow score: ``"random"``, ``"last"`` (last batch's |grad|), ``"accumulated"`` (|grad|
         summed since the last update), or None when the mask never moves.
     sampled : bool
         Sampled sparse backward (for models that support it).
     prune : bool
-        Train dense, then prune once by magnitude.
+        Train dense, then prune once by magnitude (``"pep"``: by the thresholded magnitude,
+        then retrain the kept entries from their initial values).
     """
 
     init: str
@@ -94,6 +96,7 @@ METHODS: dict[str, Method] = {
     "sparserec_no_accumulation": Method("nmf", "last", sampled=True),
     "sparserec_no_sampling": Method("nmf", "accumulated"),
     "mixed_dim": Method("mixed"),
+    "pep": Method("pep", prune=True),
 }
 
 
@@ -269,8 +272,9 @@ class RowGradientRecorder:
 
 
 def _swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter,
-                    mask: Tensor) -> None:
-    """Make ``optimizer`` train ``new`` instead of ``old``, keeping the state at ``mask``.
+                    mask: Tensor | None) -> None:
+    """Make ``optimizer`` train ``new`` instead of ``old``, keeping the state at ``mask``
+    (None: ``new`` starts with fresh state).
 
     Per-value state tensors shaped like ``old`` become their (nnz,) entries at the bool
     ``mask`` in row-major order (the order of a sparse table's values); scalars are kept.
@@ -278,9 +282,18 @@ def _swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn
     for group in optimizer.param_groups:
         group["params"] = [new if param is old else param for param in group["params"]]
     state = optimizer.state.pop(old, {})
+    if mask is None:
+        return
     optimizer.state[new] = {
         key: value[mask] if isinstance(value, Tensor) and value.shape == mask.shape else value
         for key, value in state.items()}
+
+
+def _drop_parameter(optimizer: torch.optim.Optimizer, dropped: nn.Parameter) -> None:
+    """Stop ``optimizer`` training ``dropped``; its state goes."""
+    for group in optimizer.param_groups:
+        group["params"] = [param for param in group["params"] if param is not dropped]
+    optimizer.state.pop(dropped, None)
 
 
 class DynamicSparsity:
@@ -330,6 +343,7 @@ class DynamicSparsity:
         self.prune_step = min(max(1, round(cfg.dense_fraction * total_steps)), total_steps)
         self.sampled = self.method.sampled and sampled_backward
         self.updates = 0
+        self.dense_phase_bytes = 0
         binary = data.train > 0
         self._degree = torch.from_numpy(np.concatenate([
             np.asarray(binary.sum(axis=1)).ravel(), np.asarray(binary.sum(axis=0)).ravel()]))
@@ -341,13 +355,14 @@ class DynamicSparsity:
         self._accumulators: dict[str, GradientAccumulator] = {}
         self._masks: dict[str, Tensor] = {}
         self._last: dict[str, tuple[Tensor, Tensor]] = {}
+        self._initial: dict[str, Tensor] = {}
 
     def initial_masks(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(user, item) bool masks to build the model with, or None for dense tables (and
         mixed-dimension ones, which replace them: :func:`mixed_tables`)."""
         n_users, n_items = self.data.n_users, self.data.n_items
         user_density, item_density = self.densities
-        if self.method.init in ("dense", "mixed"):
+        if self.method.init in ("dense", "mixed", "pep"):
             return None
         if self.method.init == "random":
             generator = generator_for(self.seed, 0, 0, "mask-init")
@@ -362,6 +377,8 @@ class DynamicSparsity:
         needs_gradients = self.method.grow in ("last", "accumulated") or self.sampled
         for name, table in model_tables(model).items():
             self._masks[name] = table.mask()
+            if self.method.init == "pep":
+                self._initial[name] = table.values.detach().clone()   # to retrain from
             if needs_gradients:
                 self._recorders[name] = RowGradientRecorder(table)
             if self.method.grow == "accumulated":
@@ -396,7 +413,8 @@ class DynamicSparsity:
     def after_step(self, step: int) -> None:
         """Record step ``step``'s gradients; prune or update the masks when it is time."""
         self._observe(step)
-        if self.method.prune and step == self.prune_step:
+        if self.method.prune and not self.dense_phase_bytes and (
+                step == self.prune_step or self._thresholds_done(step)):
             self._prune()
         elif self.method.grow and is_update_step(step, self.cfg.update_interval, self.end_step):
             self._update_masks(step)
@@ -454,15 +472,36 @@ class DynamicSparsity:
         logger.debug("step %d: mask update %d, fraction %.4f, moved %s", step, self.updates,
                      fraction, moved)
 
+    def _thresholds_done(self, step: int) -> bool:
+        """PEP, checked every ``update_interval`` steps: have the thresholds zeroed at least
+        the entries the budget drops, in both tables?"""
+        return (self.method.init == "pep" and step % self.cfg.update_interval == 0
+                and all(table.kept_fraction() <= density for table, density
+                        in zip(model_tables(self._model).values(), self.densities)))
+
     def _prune(self) -> None:
-        """Magnitude: replace each dense table by a sparse one keeping its largest |w|."""
-        for (name, table), density in zip(model_tables(self._model).items(), self.densities):
+        """Replace each dense table by a sparse one keeping its largest |w| (magnitude), or
+        its largest thresholded |w|, ties by |V|, with the kept entries back at their initial
+        values and fresh optimizer state (PEP's retraining). Records the dense phase's
+        training bytes first (``dense_phase_bytes``)."""
+        tables = model_tables(self._model)
+        self.dense_phase_bytes = sum(table.memory_bytes(self._optimizer)
+                                     for table in tables.values())
+        for (name, table), density in zip(tables.items(), self.densities):
             weights = table.to_dense().detach()                                 # (n_rows, d)
-            mask = top_fraction_mask(weights.abs().numpy(), density)
-            sparse = SparseEmbeddingTable.from_dense(weights, mask)
-            _swap_parameter(self._optimizer, table.values, sparse.values, torch.from_numpy(mask))
+            if self.method.init == "pep":
+                mask = top_fraction_mask(weights.abs().numpy(), density,
+                                         tie_break=table.values.detach().abs().numpy())
+                sparse = SparseEmbeddingTable.from_dense(self._initial[name], mask)
+                _swap_parameter(self._optimizer, table.values, sparse.values, None)
+                _drop_parameter(self._optimizer, table.threshold)
+            else:
+                mask = top_fraction_mask(weights.abs().numpy(), density)
+                sparse = SparseEmbeddingTable.from_dense(weights, mask)
+                _swap_parameter(self._optimizer, table.values, sparse.values,
+                                torch.from_numpy(mask))
             setattr(self._model, f"{name}_table", sparse)
             self._masks[name] = sparse.mask()
         self.updates += 1
-        logger.info("magnitude pruning: density %.4f (users), %.4f (items)",
+        logger.info("%s pruning: density %.4f (users), %.4f (items)", self.cfg.method,
                     *(table.density for table in model_tables(self._model).values()))

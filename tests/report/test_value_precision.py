@@ -31,11 +31,11 @@ def train(data_dir, out, *overrides):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("model, method", [("mf", "sparserec"), ("lightgcn", "dense"),
-                                           ("lightgcn", "sparserec"), ("mf", "mixed_dim"),
-                                           ("lightgcn", "mixed_dim")])
+@pytest.mark.parametrize("model, method", [
+    ("mf", "sparserec"), ("lightgcn", "dense"), ("lightgcn", "sparserec"), ("mf", "mixed_dim"),
+    ("mf", "pep"), ("lightgcn", "mixed_dim")])
 def test_every_stored_precision_reevaluates_to_its_metrics(tmp_path, data_dir, model, method):
-    density = {"dense": [], "sparserec": ["sparse.density=0.5"],
+    density = {"dense": [], "sparserec": ["sparse.density=0.5"], "pep": ["sparse.density=0.5"],
                "mixed_dim": ["sparse.density=0.5", "sparse.mixed_blocks=3"]}[method]
     runs = {dtype: tmp_path / dtype for dtype in ("float32", "int4")}
     metrics = {dtype: train(data_dir, out, f"model.name={model}", f"sparse.method={method}",
@@ -56,7 +56,8 @@ def test_every_stored_precision_reevaluates_to_its_metrics(tmp_path, data_dir, m
         with np.load(out / "model.npz") as npz:
             assert str(npz["value_dtype"]) == dtype
             assert (npz["item"][~npz["item_mask"]] == 0).all()
-    with np.load(runs["float32"] / "model.npz") as exact, np.load(runs["int4"] / "model.npz") as npz:
+    with (np.load(runs["float32"] / "model.npz") as exact,
+          np.load(runs["int4"] / "model.npz") as npz):
         assert npz["item_codes"].dtype == np.uint8                   # two values a byte
         assert npz["item_codes"].size == -(-exact["item_codes"].size // 2)
     assert precisions["int8"]["recall@20"] == pytest.approx(precisions["float32"]["recall@20"],

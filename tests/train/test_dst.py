@@ -49,7 +49,7 @@ def test_every_method_trains_at_constant_target_density(small_data, method, mode
         assert int(table.mask().sum()) == table.nnz
     target = sum(table.nnz for table in tables) / sum(table.n_rows * 8 for table in tables)
     densities = result.history["density"].to_numpy()
-    if method == "magnitude":    # dense for the first half of the 18 steps, then pruned
+    if method in ("magnitude", "pep"):    # dense for the first half of the 18 steps, pruned
         assert densities[0] == 1.0 and densities[-1] == target
         assert result.metrics["mask_updates"] == 1
     else:
@@ -57,7 +57,7 @@ def test_every_method_trains_at_constant_target_density(small_data, method, mode
     assert result.metrics["density"] == target
     assert np.isfinite(result.history["loss"]).all()
     # 18 steps (6 per epoch), updates every 2 steps up to step round(0.75 * 18) = 14.
-    expected_updates = 7 if method in DYNAMIC else int(method == "magnitude")
+    expected_updates = 7 if method in DYNAMIC else int(method in ("magnitude", "pep"))
     assert result.metrics["mask_updates"] == expected_updates
 
 
@@ -114,6 +114,28 @@ def test_dense_with_a_budget_trains_the_widest_dimension_that_fits(small_data):
     assert result.metrics["train_bytes"] <= budget
     assert result.metrics["train_bytes"] * 3 // 2 > budget          # d = 3 would not fit
     assert result.model.user_table.values.shape == (small_data.n_users, 2)
+
+
+def test_pep_prunes_to_the_budget_and_retrains_the_kept_entries_from_their_initial_values(
+        small_data):
+    budget = 3 * 4 * (small_data.n_users + small_data.n_items) * 8 // 4
+    cfg, result = train(small_data, "sparse.method=pep", f"sparse.budget_bytes={budget}",
+                        "sparse.dense_fraction=0.99")           # pruned at the last step
+    assert result.metrics["train_bytes"] <= budget < result.metrics["peak_train_bytes"]
+    assert result.metrics["peak_train_bytes"] >= 3 * 4 * (small_data.n_users
+                                                           + small_data.n_items) * 8
+    initial = MF(small_data.n_users, small_data.n_items, 8, init_std=cfg.model.init_std,
+                 generator=generator_for(cfg.seed, 0, 0, "init"))
+    for name in ("user", "item"):
+        table = getattr(result.model, f"{name}_table")
+        assert isinstance(table, SparseEmbeddingTable)
+        kept = table.mask()
+        start = getattr(initial, f"{name}_table").to_dense().detach()
+        assert torch.equal(table.to_dense().detach()[kept], start[kept])
+    _, thresholds_first = train(small_data, "sparse.method=pep", f"sparse.budget_bytes={budget}",
+                                "sparse.pep_threshold_init=0")    # sigmoid(0) zeroes all
+    assert thresholds_first.metrics["mask_updates"] == 1
+    assert thresholds_first.history["density"].iloc[0] < 1.0     # pruned in the first epoch
 
 
 def test_mixed_dim_trains_within_its_budget_with_popular_rows_wider(small_data):
