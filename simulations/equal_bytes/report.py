@@ -1,0 +1,226 @@
+"""Tables, plots and target checks of the equal-bytes comparison, from its result files only.
+
+Reads ``results/<grid>/<split>/<method>/<setting>/d<density>_s<seed>/{config.toml,
+metrics.json}`` (``sweep.py``) and rewrites the generated blocks of this folder's README and
+``equal_bytes_<grid>.png``. Means are over seeds.
+
+Two comparisons, because a device that trains is bound by training memory and one that only
+ranks by inference memory:
+
+* by training bytes: each budget is what SparseRec's tables hold at one density (values, index,
+  Adam state); a method qualifies at a budget when the most it held while training
+  (``peak_train_bytes``) fits (``magnitude`` and ``pep`` train dense first, so they do not);
+* by inference bytes: every run at every value precision is a model of ``model_bytes`` bytes;
+  at each level (a fraction of the dense float32 model), each method's best model that fits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from fedsparse.report.tables import replace_block  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+GRIDS = ("lastfm_mf", "lastfm_lightgcn", "gowalla_mf")
+#: Inference levels, as fractions of the dense float32 model's bytes.
+LEVELS = (0.2, 0.1, 0.05, 0.02, 0.01)
+#: The targets look at budgets up to this fraction of dense float32 (training or model) bytes.
+TARGET_FRACTION = 0.2
+
+
+def load_runs(grid: str, split: str) -> pd.DataFrame:
+    """One row per run and value precision: method, setting, density, seed, budget, the
+    training bytes, and that precision's Recall@20, NDCG@20 and model bytes."""
+    rows = []
+    for metrics_file in sorted((HERE / "results" / grid / split).glob("*/*/*/metrics.json")):
+        run = metrics_file.parent
+        config = tomllib.loads((run / "config.toml").read_text())
+        metrics = json.loads(metrics_file.read_text())
+        base = {"method": run.parent.parent.name, "setting": run.parent.name,
+                "density": float(run.name.split("_")[0][1:]), "seed": config["seed"],
+                "budget": config["sparse"].get("budget_bytes", 0),
+                "train_bytes": metrics["train_bytes"],
+                "peak_train_bytes": metrics["peak_train_bytes"], "dim": metrics["dim"]}
+        for dtype, scores in metrics["precisions"].items():
+            rows.append({**base, "dtype": dtype, "recall": scores["recall@20"],
+                         "ndcg": scores["ndcg@20"], "model_bytes": scores["model_bytes"]})
+    return pd.DataFrame(rows)
+
+
+def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per method, setting, density and precision (with the seed count)."""
+    keys = ["method", "setting", "density", "dtype"]
+    return (runs.groupby(keys, sort=False)
+            .agg(seeds=("seed", "nunique"), budget=("budget", "first"),
+                 train_bytes=("train_bytes", "mean"), peak_train_bytes=("peak_train_bytes", "max"),
+                 dim=("dim", "first"), recall=("recall", "mean"), ndcg=("ndcg", "mean"),
+                 model_bytes=("model_bytes", "mean"))
+            .reset_index())
+
+
+def tuning_table(grid: str) -> str:
+    """Every validation run: each method's tried settings and their Recall@20."""
+    runs = load_runs(grid, "val")
+    runs = runs[runs["dtype"] == "float32"]
+    best = runs.groupby("method")["recall"].transform("max")
+    shown = runs.assign(chosen=["yes" if r == b else "" for r, b in zip(runs["recall"], best)])
+    return shown[["method", "setting", "budget", "recall", "ndcg", "chosen"]].rename(
+        columns={"budget": "budget (B)", "recall": "val Recall@20", "ndcg": "val NDCG@20"}
+    ).to_markdown(index=False, floatfmt=".4f")
+
+
+def training_table(means: pd.DataFrame) -> str:
+    """Rows: methods; columns: the budgets; cells: Recall@20 at float32, marked when the run
+    held more than the budget while training."""
+    exact = means[means["dtype"] == "float32"]
+    dense = exact[exact["method"] == "dense_full"].iloc[0]
+    budgets = sorted(exact.loc[exact["method"] == "sparserec", "budget"].unique(), reverse=True)
+    rows = []
+    for method, group in exact[exact["method"] != "dense_full"].groupby("method", sort=False):
+        row = {"method": method, "setting": group["setting"].iloc[0]}
+        for budget in budgets:
+            cell = group[group["budget"] == budget]
+            if cell.empty:
+                continue
+            run = cell.iloc[0]
+            over = run["peak_train_bytes"] > budget
+            row[_budget_label(budget, dense["train_bytes"])] = (
+                f"{run['recall']:.4f}{' (held ' + _mib(run['peak_train_bytes']) + ')' if over else ''}")
+        rows.append(row)
+    table = pd.DataFrame(rows).fillna("")
+    note = (f"\nDense float32 with Adam state: {_mib(dense['train_bytes'])}, Recall@20 "
+            f"{dense['recall']:.4f}. A cell with \"held\" is a run whose training held more than "
+            f"the budget (its dense phase).")
+    return table.to_markdown(index=False) + "\n" + note
+
+
+def _budget_label(budget: float, dense_bytes: float) -> str:
+    return f"{_mib(budget)} ({budget / dense_bytes:.1%})"
+
+
+def _mib(count: float) -> str:
+    return f"{count / 2**20:.2f} MiB"
+
+
+def inference_best(means: pd.DataFrame) -> pd.DataFrame:
+    """Per method and level: the best (density, precision) whose model bytes fit."""
+    dense_model = means[(means["method"] == "dense_full")
+                        & (means["dtype"] == "float32")]["model_bytes"].iloc[0]
+    rows = []
+    for level in LEVELS:
+        fits = means[means["model_bytes"] <= level * dense_model]
+        for method, group in fits.groupby("method", sort=False):
+            run = group.loc[group["recall"].idxmax()]
+            rows.append({"level": level, "method": method, "recall": run["recall"],
+                         "ndcg": run["ndcg"], "dtype": run["dtype"], "density": run["density"],
+                         "model_bytes": run["model_bytes"]})
+    return pd.DataFrame(rows)
+
+
+def inference_table(means: pd.DataFrame) -> str:
+    """Rows: methods; columns: the levels; cells: the best Recall@20 within the level, with the
+    precision and budget density that gave it."""
+    best = inference_best(means)
+    dense_model = means[(means["method"] == "dense_full")
+                        & (means["dtype"] == "float32")]["model_bytes"].iloc[0]
+    cells = best.assign(cell=[f"{r:.4f} ({t}, {'d=64' if m == 'dense_full' else f'b{d:g}'})"
+                              for r, t, m, d in zip(best["recall"], best["dtype"],
+                                                    best["method"], best["density"])])
+    table = cells.pivot(index="method", columns="level", values="cell").fillna("none fits")
+    table = table[[level for level in LEVELS if level in table.columns]]
+    table.columns = [f"{_mib(level * dense_model)} ({level:.0%})" for level in table.columns]
+    return table.reset_index().to_markdown(index=False)
+
+
+def targets(means: pd.DataFrame) -> str:
+    """The issue's two targets, each budget checked; misses with their gaps."""
+    lines = []
+    exact = means[means["dtype"] == "float32"]
+    dense = exact[exact["method"] == "dense_full"].iloc[0]
+    for budget in sorted(exact.loc[exact["method"] == "sparserec", "budget"].unique()):
+        if budget > TARGET_FRACTION * dense["train_bytes"]:
+            continue
+        at = exact[(exact["budget"] == budget) & (exact["peak_train_bytes"] <= budget)]
+        ours = at[at["method"] == "sparserec"]["recall"].iloc[0]
+        rivals = at[at["method"] != "sparserec"].sort_values("recall", ascending=False)
+        best = rivals.iloc[0] if not rivals.empty else None
+        verdict = ("met" if best is None or ours >= best["recall"] else
+                   f"MISSED by {best['recall'] - ours:.4f} ({best['method']})")
+        lines.append(f"- training bytes {_budget_label(budget, dense['train_bytes'])}: "
+                     f"SparseRec {ours:.4f}, best other that trains within it "
+                     f"{'none' if best is None else f'{best.method} {best.recall:.4f}'}: "
+                     f"{verdict}")
+    best = inference_best(means)
+    for level in LEVELS:
+        if level > TARGET_FRACTION:
+            continue
+        at = best[best["level"] == level]
+        ours, rivals = at[at["method"] == "sparserec"], at[at["method"] != "sparserec"]
+        if ours.empty:
+            lines.append(f"- inference bytes {level:.0%} of dense float32: no SparseRec model "
+                         f"fits: MISSED")
+            continue
+        mine = ours.iloc[0]
+        rival = rivals.loc[rivals["recall"].idxmax()] if not rivals.empty else None
+        verdict = ("met" if rival is None or mine["recall"] >= rival["recall"] else
+                   f"MISSED by {rival['recall'] - mine['recall']:.4f}")
+        lines.append(f"- inference bytes {level:.0%} of dense float32: SparseRec "
+                     f"{mine['recall']:.4f} ({mine['dtype']}), best other "
+                     f"{'none' if rival is None else f'{rival.method} {rival.recall:.4f} ({rival.dtype})'}: "
+                     f"{verdict}")
+    return "\n".join(lines)
+
+
+def plot(grid: str, means: pd.DataFrame) -> None:
+    """Recall@20 against training bytes (float32) and against inference bytes (each method's
+    best model at or under each size, over budgets and precisions)."""
+    fig, (train_axis, infer_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    exact = means[means["dtype"] == "float32"]
+    for method, group in exact.groupby("method", sort=False):
+        group = group.sort_values("peak_train_bytes")
+        qualifies = (group["peak_train_bytes"] <= group["budget"]) | (group["budget"] == 0)
+        train_axis.plot(group["peak_train_bytes"] / 2**20, group["recall"], marker="o",
+                        linestyle="-" if qualifies.all() else ":", label=method)
+    train_axis.set(xscale="log", xlabel="most bytes held while training (MiB, log)",
+                   ylabel="Recall@20", title=f"{grid}: by training bytes")
+    for method, group in means.groupby("method", sort=False):
+        group = group.sort_values("model_bytes")
+        front = group[group["recall"] >= group["recall"].cummax()]       # best at each size
+        infer_axis.plot(front["model_bytes"] / 2**20, front["recall"], marker=".",
+                        label=method)
+    infer_axis.set(xscale="log", xlabel="model bytes at its precision (MiB, log)",
+                   ylabel="Recall@20", title=f"{grid}: by inference bytes (any precision)")
+    infer_axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / f"equal_bytes_{grid}.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    for grid in GRIDS:
+        if not (HERE / "results" / grid / "test").exists():
+            continue
+        means = seed_means(load_runs(grid, "test"))
+        replace_block(README, f"{grid}-tuning", tuning_table(grid))
+        replace_block(README, f"{grid}-training", training_table(means))
+        replace_block(README, f"{grid}-inference", inference_table(means))
+        replace_block(README, f"{grid}-targets", targets(means))
+        plot(grid, means)
+
+
+if __name__ == "__main__":
+    main()

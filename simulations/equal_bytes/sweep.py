@@ -1,0 +1,151 @@
+"""Run one grid of the equal-bytes comparison: every method at the same byte budgets.
+
+The budgets are the training bytes (values, index and Adam state, measured as
+``fedsparse.sparse.table_bytes`` measures) that SparseRec's two tables hold at the densities
+``--densities`` (default 0.5, 0.2, 0.1, 0.05). Every method gets each budget as
+``sparse.budget_bytes`` and solves its own shape against its own measured memory: a density
+(the sparse methods; ``magnitude`` and ``pep`` for their pruned model), a dimension
+(``dense``), block dimensions (``mixed_dim``). ``dense_full`` is the unconstrained dense model,
+once per seed. Every run scores every value precision after training (``metrics.json``'s
+``precisions``), which is what the inference-bytes comparison reads.
+
+Tuning (``--split val``, seed 0, at the density-0.1 budget): each method tries the same number
+of settings of its own knob (``TUNING``); the test runs (``--split test``) take each method's
+best validation Recall@20. Runs whose ``metrics.json`` exists are skipped; ``model.npz`` is
+deleted after each run (a test checks that stored models re-evaluate to their metrics).
+
+Results: ``results/<grid>/<split>/<method>/<setting>/d<density>_s<seed>/``.
+
+Usage: python simulations/equal_bytes/sweep.py GRID --split val|test [--seeds 0 1]
+       [--methods ...] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedsparse.config import load_config
+from fedsparse.data import load_dataset
+from fedsparse.sparse import mask_nnz, table_bytes
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+GRIDS = {"gowalla_mf": ROOT / "configs" / "centralized" / "gowalla_mf.toml",
+         "lastfm_mf": ROOT / "configs" / "centralized" / "lastfm_mf.toml",
+         "lastfm_lightgcn": ROOT / "configs" / "centralized" / "lastfm_lightgcn.toml"}
+DENSITIES = (0.5, 0.2, 0.1, 0.05)
+TUNING_DENSITY = 0.1
+#: Each method's tuning: three settings of its own knob (the base config's value among them
+#: where it has one), so that every method gets the same budget.
+TUNING: dict[str, list[list[str]]] = {
+    "sparserec": [[f"sparse.initial_fraction={v}"] for v in (0.1, 0.3, 0.5)],
+    "rigl": [[f"sparse.initial_fraction={v}"] for v in (0.1, 0.3, 0.5)],
+    "set": [[f"sparse.initial_fraction={v}"] for v in (0.1, 0.3, 0.5)],
+    "static": [[f"train.l2={v}"] for v in (0.001, 0.01, 0.03)],
+    "magnitude": [[f"sparse.dense_fraction={v}"] for v in (0.3, 0.5, 0.7)],
+    "pep": [[f"sparse.pep_threshold_init={v}"] for v in (-8.0, -5.0, -3.0)],
+    "mixed_dim": [[f"sparse.mixed_temperature={v}"] for v in (0.1, 0.3, 0.5)],
+    "dense": [[f"train.l2={v}"] for v in (0.001, 0.01, 0.03)],
+}
+METHODS = (*TUNING, "dense_full")
+
+logger = logging.getLogger("equal_bytes")
+
+
+def sparserec_budget(n_users: int, n_items: int, dim: int, density: float) -> int:
+    """Training bytes of SparseRec's two tables at ``density`` (values, index, Adam state)."""
+    return (table_bytes(n_users, dim, mask_nnz(n_users, dim, density))
+            + table_bytes(n_items, dim, mask_nnz(n_items, dim, density)))
+
+
+def setting_name(overrides: list[str]) -> str:
+    """A setting's directory name (``+``-joined overrides without their section)."""
+    return "+".join(o.split(".", 1)[1] for o in overrides) or "base"
+
+
+def chosen_settings(grid: str) -> dict[str, list[str]]:
+    """Each method's tuned setting: the best validation Recall@20 among its tried ones."""
+    chosen = {}
+    for method, settings in TUNING.items():
+        scores = {}
+        for overrides in settings:
+            metrics = (HERE / "results" / grid / "val" / method / setting_name(overrides)
+                       / f"d{TUNING_DENSITY:g}_s0" / "metrics.json")
+            if metrics.exists():
+                scores[tuple(overrides)] = json.loads(metrics.read_text())["recall@20"]
+        if len(scores) < len(settings):
+            raise SystemExit(f"{grid}: {method} is not tuned yet ({len(scores)} of "
+                             f"{len(settings)} validation runs); run --split val first")
+        chosen[method] = list(max(scores, key=scores.get))
+    return chosen
+
+
+def planned_runs(grid: str, split: str, seeds: list[int],
+                 methods: list[str]) -> list[tuple[Path, list[str]]]:
+    """(results directory, overrides) of every run of ``split``."""
+    cfg = load_config(GRIDS[grid], [])
+    data = load_dataset(cfg.data.name)
+    runs = []
+    settings = ({m: TUNING[m] for m in TUNING} if split == "val" else
+                {m: [s] for m, s in chosen_settings(grid).items()})
+    densities = [TUNING_DENSITY] if split == "val" else list(DENSITIES)
+    for seed in ([0] if split == "val" else seeds):
+        for method in methods:
+            base = [f"seed={seed}", f"data.split={split}"]
+            if method == "dense_full":
+                runs.append((HERE / "results" / grid / split / method / "base" / f"d1_s{seed}",
+                             [*base, "sparse.method=dense"]))
+                continue
+            for overrides in settings[method]:
+                for density in densities:
+                    budget = sparserec_budget(data.n_users, data.n_items, cfg.model.dim,
+                                              density)
+                    out = (HERE / "results" / grid / split / method / setting_name(overrides)
+                           / f"d{density:g}_s{seed}")
+                    runs.append((out, [*base, f"sparse.method={method}",
+                                       f"sparse.budget_bytes={budget}", *overrides]))
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", choices=sorted(GRIDS))
+    parser.add_argument("--split", choices=["val", "test"], required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for every run (repeatable)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    methods = [m for m in args.methods if not (args.split == "val" and m == "dense_full")]
+    runs = planned_runs(args.grid, args.split, args.seeds, methods)
+    start = time.perf_counter()
+    for index, (out, overrides) in enumerate(runs, start=1):
+        name = out.relative_to(HERE / "results")
+        if (out / "metrics.json").exists():
+            continue
+        logger.info("[%d/%d] %s (%.0f s so far)", index, len(runs), name,
+                    time.perf_counter() - start)
+        command = [sys.executable, "-m", "fedsparse.cli", "train", str(GRIDS[args.grid]),
+                   "--out", str(out), "--quiet"]
+        for override in [*overrides, f"name={args.grid}", *args.set]:
+            command += ["--set", override]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if done.returncode != 0:
+            logger.error("%s failed:\n%s", name, done.stderr[-2000:])
+            return done.returncode
+        (out / "model.npz").unlink()
+    logger.info("%s %s: %d runs in %.0f s", args.grid, args.split, len(runs),
+                time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
