@@ -348,31 +348,36 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
 
 
 def convergence_plot(dataset: str) -> None:
-    """Validation Recall@20 per evaluated round of the convergence runs (the tuning runs of
-    the most rounds), one line per method."""
-    figure = Figure(figsize=(6.5, 4))
+    """Validation Recall@20 per evaluated round of the convergence runs
+    (:func:`convergence_runs`), one line per run."""
+    figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     for method, out in convergence_runs(dataset):
         history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
         schedule = ", cosine lr" if "lr_schedule=cosine" in out.name else ""
-        ax.plot(history["round"], history["recall@20"], "o-", ms=3,
-                label=METHODS[method] + schedule)
+        ax.plot(history["round"], history["recall@20"], "o-" if schedule else "o--", ms=3,
+                label=f"{METHODS[method]}, {int(history['round'].max())} rounds{schedule}")
     ax.set_xlabel("round")
     ax.set_ylabel("Recall@20 (validation)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
 
 
+#: Each dataset's final fleet config: its rounds make a tuning run a convergence run.
+FINAL_CONFIGS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
+
+
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
-    """(method, run) of each method's tuning runs with its most rounds (its convergence runs),
-    in the order of :data:`METHODS`, then by setting."""
-    found = [(path.parent.parent.name.split("_", 1)[1], path.parent,
-              json.loads(path.read_text())["rounds"])
-             for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")]
-    most = {method: max(r for m, _, r in found if m == method) for method, _, _ in found}
-    return sorted(((method, out) for method, out, rounds in found if rounds == most[method]),
-                  key=lambda run: (list(METHODS).index(run[0]), run[1].name))
+    """(method, run) of each method's tuning runs of at least the final config's rounds (its
+    convergence runs, the final schedule's among them), in the order of :data:`METHODS`, then
+    by setting."""
+    final = load_config(HERE.parents[1] / "configs" / "fleets" / FINAL_CONFIGS[dataset],
+                        fleet=True).fl.rounds
+    found = [(path.parent.parent.name.split("_", 1)[1], path.parent)
+             for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")
+             if json.loads(path.read_text())["rounds"] >= final]
+    return sorted(found, key=lambda run: (list(METHODS).index(run[0]), run[1].name))
 
 
 def main() -> None:

@@ -40,7 +40,11 @@ done
 for method in sparserec nested_dims; do
   tune "$method" 150 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
 done
-# 6. The same budget for every method (9 runs each): what only some methods had, for the others.
+# 6. The final schedule (configs/fleets/lastfm.toml: cosine over 100 rounds), every method.
+for method in dense sparserec sparserec_no_nmf nested_dims; do
+  tune "$method" 100 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
+done
+# 7. The same budget for every method (9 runs each): what only some methods had, for the others.
 tune sparserec_no_nmf 40 fl.l2=0.01 fl.server_lr=1
 tune nested_dims 40 fl.l2=0.01 fl.local_epochs=3
 tune nested_dims 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
@@ -48,8 +52,4 @@ tune sparserec_no_nmf 40 fl.l2=0.01 fl.local_epochs=3
 tune sparserec_no_nmf 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
 for method in sparserec_no_nmf nested_dims; do
   tune "$method" 150 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
-done
-# 7. The final schedule (configs/fleets/lastfm.toml: cosine over 100 rounds), every method.
-for method in dense sparserec sparserec_no_nmf nested_dims; do
-  tune "$method" 100 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
 done
