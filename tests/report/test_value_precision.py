@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedsparse.cli import main
-from fedsparse.config import VALUE_DTYPES
+from fedsparse.config import SPARSE_METHODS, VALUE_DTYPES
 from fedsparse.data import write_dataset
 from fedsparse.report.results import reevaluate_run
 
@@ -32,11 +32,11 @@ def train(data_dir, out, *overrides):
 
 
 @pytest.mark.parametrize("model, method", [
-    ("mf", "sparserec"), ("lightgcn", "dense"), ("lightgcn", "sparserec"), ("mf", "mixed_dim"),
-    ("mf", "pep"), ("lightgcn", "mixed_dim")])
+    *(("mf", method) for method in SPARSE_METHODS),
+    ("lightgcn", "dense"), ("lightgcn", "sparserec"), ("lightgcn", "mixed_dim")])
 def test_every_stored_precision_reevaluates_to_its_metrics(tmp_path, data_dir, model, method):
-    density = {"dense": [], "sparserec": ["sparse.density=0.5"], "pep": ["sparse.density=0.5"],
-               "mixed_dim": ["sparse.density=0.5", "sparse.mixed_blocks=3"]}[method]
+    density = {"dense": [], "mixed_dim": ["sparse.density=0.5", "sparse.mixed_blocks=3"]}.get(
+        method, ["sparse.density=0.5"])
     runs = {dtype: tmp_path / dtype for dtype in ("float32", "int4")}
     metrics = {dtype: train(data_dir, out, f"model.name={model}", f"sparse.method={method}",
                             f"model.value_dtype={dtype}", *density)
