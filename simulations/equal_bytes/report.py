@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 if sys.version_info >= (3, 11):
@@ -116,10 +117,15 @@ def _mib(count: float) -> str:
     return f"{count / 2**20:.2f} MiB"
 
 
+def means_dense_model(means: pd.DataFrame) -> float:
+    """Bytes of the dense float32 d = 64 model."""
+    return means[(means["method"] == "dense_full")
+                 & (means["dtype"] == "float32")]["model_bytes"].iloc[0]
+
+
 def inference_best(means: pd.DataFrame) -> pd.DataFrame:
     """Per method and level: the best (density, precision) whose model bytes fit."""
-    dense_model = means[(means["method"] == "dense_full")
-                        & (means["dtype"] == "float32")]["model_bytes"].iloc[0]
+    dense_model = means_dense_model(means)
     rows = []
     for level in LEVELS:
         fits = means[means["model_bytes"] <= level * dense_model]
@@ -135,8 +141,7 @@ def inference_table(means: pd.DataFrame) -> str:
     """Rows: methods; columns: the levels; cells: the best Recall@20 within the level, with the
     precision and budget density that gave it."""
     best = inference_best(means)
-    dense_model = means[(means["method"] == "dense_full")
-                        & (means["dtype"] == "float32")]["model_bytes"].iloc[0]
+    dense_model = means_dense_model(means)
     cells = best.assign(cell=[f"{r:.4f} ({t}, {'d=64' if m == 'dense_full' else f'b{d:g}'})"
                               for r, t, m, d in zip(best["recall"], best["dtype"],
                                                     best["method"], best["density"])])
@@ -160,9 +165,9 @@ def targets(means: pd.DataFrame) -> str:
         best = rivals.iloc[0] if not rivals.empty else None
         verdict = ("met" if best is None or ours >= best["recall"] else
                    f"MISSED by {best['recall'] - ours:.4f} ({best['method']})")
+        other = "none" if best is None else f"{best['method']} {best['recall']:.4f}"
         lines.append(f"- training bytes {_budget_label(budget, dense['train_bytes'])}: "
-                     f"SparseRec {ours:.4f}, best other that trains within it "
-                     f"{'none' if best is None else f'{best.method} {best.recall:.4f}'}: "
+                     f"SparseRec {ours:.4f}, best other that trains within it {other}: "
                      f"{verdict}")
     best = inference_best(means)
     for level in LEVELS:
@@ -171,17 +176,20 @@ def targets(means: pd.DataFrame) -> str:
         at = best[best["level"] == level]
         ours, rivals = at[at["method"] == "sparserec"], at[at["method"] != "sparserec"]
         if ours.empty:
+            smallest = means[means["method"] == "sparserec"]["model_bytes"].min()
             lines.append(f"- inference bytes {level:.0%} of dense float32: no SparseRec model "
-                         f"fits: MISSED")
+                         f"fits (its smallest, int2 at the smallest budget, is "
+                         f"{smallest / means_dense_model(means):.1%}): MISSED")
             continue
         mine = ours.iloc[0]
         rival = rivals.loc[rivals["recall"].idxmax()] if not rivals.empty else None
         verdict = ("met" if rival is None or mine["recall"] >= rival["recall"] else
                    f"MISSED by {rival['recall'] - mine['recall']:.4f}")
+        other = ("none" if rival is None else
+                 f"{rival['method']} {rival['recall']:.4f} ({rival['dtype']})")
         lines.append(f"- inference bytes {level:.0%} of dense float32: SparseRec "
-                     f"{mine['recall']:.4f} ({mine['dtype']}), best other "
-                     f"{'none' if rival is None else f'{rival.method} {rival.recall:.4f} ({rival.dtype})'}: "
-                     f"{verdict}")
+                     f"{mine['recall']:.4f} ({mine['dtype']}, b{mine['density']:g}), best other "
+                     f"{other}: {verdict}")
     return "\n".join(lines)
 
 
@@ -189,22 +197,31 @@ def plot(grid: str, means: pd.DataFrame) -> None:
     """Recall@20 against training bytes (float32) and against inference bytes (each method's
     best model at or under each size, over budgets and precisions)."""
     fig, (train_axis, infer_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    color = {method: f"C{index}" for index, method in enumerate(sorted(means["method"].unique()))}
     exact = means[means["dtype"] == "float32"]
-    for method, group in exact.groupby("method", sort=False):
-        group = group.sort_values("peak_train_bytes")
-        qualifies = (group["peak_train_bytes"] <= group["budget"]) | (group["budget"] == 0)
-        train_axis.plot(group["peak_train_bytes"] / 2**20, group["recall"], marker="o",
-                        linestyle="-" if qualifies.all() else ":", label=method)
-    train_axis.set(xscale="log", xlabel="most bytes held while training (MiB, log)",
-                   ylabel="Recall@20", title=f"{grid}: by training bytes")
+    dense = exact[exact["method"] == "dense_full"].iloc[0]
+    for method, group in exact[exact["method"] != "dense_full"].groupby("method", sort=False):
+        group = group.sort_values("budget")
+        over = (group["peak_train_bytes"] > group["budget"]).all()
+        train_axis.plot(group["budget"] / 2**20, group["recall"], marker="o", color=color[method],
+                        linestyle=":" if over else "-", mfc="none" if over else None,
+                        label=method + (" (trains dense: over)" if over else ""))
+    train_axis.axhline(dense["recall"], color=color["dense_full"], lw=0.8,
+                       label=f"dense d = 64 ({_mib(dense['train_bytes'])})")
+    train_axis.set(xscale="log", xlabel="training budget (MiB, log)", ylabel="Recall@20",
+                   title=f"{grid}: by training bytes")
+    train_axis.legend(fontsize=7)
     for method, group in means.groupby("method", sort=False):
         group = group.sort_values("model_bytes")
         front = group[group["recall"] >= group["recall"].cummax()]       # best at each size
         infer_axis.plot(front["model_bytes"] / 2**20, front["recall"], marker=".",
-                        label=method)
+                        color=color[method], label=method)
     infer_axis.set(xscale="log", xlabel="model bytes at its precision (MiB, log)",
                    ylabel="Recall@20", title=f"{grid}: by inference bytes (any precision)")
     infer_axis.legend(fontsize=7)
+    for axis in (train_axis, infer_axis):
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
     fig.tight_layout()
     fig.savefig(HERE / f"equal_bytes_{grid}.png", dpi=120)
     plt.close(fig)
