@@ -343,7 +343,7 @@ class DynamicSparsity:
         self.prune_step = min(max(1, round(cfg.dense_fraction * total_steps)), total_steps)
         self.sampled = self.method.sampled and sampled_backward
         self.updates = 0
-        self.dense_phase_bytes = 0
+        self.dense_phase_bytes = 0          # what the tables held just before pruning (0: not yet)
         binary = data.train > 0
         self._degree = torch.from_numpy(np.concatenate([
             np.asarray(binary.sum(axis=1)).ravel(), np.asarray(binary.sum(axis=0)).ravel()]))
@@ -413,8 +413,9 @@ class DynamicSparsity:
     def after_step(self, step: int) -> None:
         """Record step ``step``'s gradients; prune or update the masks when it is time."""
         self._observe(step)
-        if self.method.prune and not self.dense_phase_bytes and (
-                step == self.prune_step or self._thresholds_done(step)):
+        pruned = self.dense_phase_bytes > 0
+        if self.method.prune and not pruned and (step == self.prune_step
+                                                 or self._thresholds_done(step)):
             self._prune()
         elif self.method.grow and is_update_step(step, self.cfg.update_interval, self.end_step):
             self._update_masks(step)

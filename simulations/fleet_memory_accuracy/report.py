@@ -300,7 +300,12 @@ def targets(runs: dict[str, dict]) -> str:
 def popularity_reference(dataset: str, runs: dict[str, dict]) -> str:
     """Recall@20 and NDCG@20 of a model-free ranking on the same fleet: every device's unseen
     items by how many of the fleet's devices train on them."""
-    cfg = load_config(next(iter(runs.values()))["dirs"][0] / "config.toml", fleet=True)
+    return popularity_line(next(iter(runs.values()))["dirs"][0] / "config.toml")
+
+
+def popularity_line(config: Path) -> str:
+    """:func:`popularity_reference` on the fleet, data and split of the run ``config``."""
+    cfg = load_config(config, fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     users = fleet_users(data, cfg.fl.max_devices, cfg.seed)
     train, test = data.train[users], data.test[users]
@@ -388,6 +393,9 @@ def main() -> None:
             replace_block(readme, f"{dataset}-tuning", tuning)
             replace_block(readme, f"{dataset}-convergence", convergence_table(dataset))
             convergence_plot(dataset)
+            if dataset == "gowalla":          # no test runs yet: the validation split's
+                first = sorted((HERE / "results" / "tuning").glob("gowalla_*/*/config.toml"))[0]
+                replace_block(readme, "gowalla-val-popularity", popularity_line(first))
         runs = load_runs(dataset)
         # LastFM's fleets run as cohorts (2 SuperNodes): simulations/fleet_throughput/ compares
         # them with bare Flower; Gowalla's older runs had one SuperNode per device
