@@ -9,6 +9,11 @@ and is checked first), so a bracketing search over nnz finds the largest that fi
 interpolates between the measured ends of the bracket (memory is nearly linear in nnz, so a few
 measurements suffice) and bisects whenever a step fails to halve it, so it never needs more than
 about twice the measurements of a plain bisection.
+
+The other shapes a budget sets are solved against their own measured tables the same way: a
+dense table's dimension (:func:`dense_dim_for_budget`), a nested-dimensions prefix
+(:func:`prefix_width_for_budget`), a mixed-dimension table's block dimensions
+(:func:`mixed_dims_for_budget`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 from fedsparse.errors import ConfigError
 from fedsparse.sparse.dense import DenseEmbeddingTable, EmbeddingTable
 from fedsparse.sparse.masks import prefix_mask
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable, block_dims
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 logger = logging.getLogger(__name__)
@@ -183,3 +189,42 @@ def density_for_budget(n_rows: int, dim: int, budget_bytes: int,
                        optimizer: OptimizerFactory | None = torch.optim.Adam) -> float:
     """``nnz_for_budget(...) / (n_rows * dim)``: the largest density that fits the budget."""
     return nnz_for_budget(n_rows, dim, budget_bytes, optimizer) / (n_rows * dim)
+
+
+def mixed_bytes(frequency: np.ndarray, dim: int, dims: np.ndarray,
+                optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
+    """Measured ``memory_bytes`` of a table with block dimensions ``dims``, with the state of
+    one ``optimizer`` step (None: without)."""
+    return _held_bytes(MixedDimEmbeddingTable(frequency, dim, dims), optimizer)
+
+
+def mixed_dims_for_budget(frequency: np.ndarray, dim: int, blocks: int, temperature: float,
+                          budget_bytes: int,
+                          optimizer: OptimizerFactory | None = torch.optim.Adam) -> np.ndarray:
+    """The block dimensions of the largest power-law scale whose table (measured
+    ``memory_bytes`` with one ``optimizer`` step) fits ``budget_bytes``.
+
+    Raises
+    ------
+    ConfigError
+        When every block at dimension 1 does not fit; the message gives the bytes that needs.
+    """
+    def measured(dims: np.ndarray) -> int:
+        return mixed_bytes(frequency, dim, dims, optimizer)
+
+    smallest = measured(np.ones(blocks, dtype=np.int64))
+    if smallest > budget_bytes:
+        raise ConfigError(f"a budget of {budget_bytes} bytes cannot hold dimension 1 in every "
+                          f"block (that needs {smallest} bytes)")
+    low, high = 0.0, float(dim) * 2.0 ** 20     # scale: every block fits at low, none past high
+    best = np.ones(blocks, dtype=np.int64)
+    for _ in range(48):
+        middle = (low + high) / 2
+        dims = block_dims(frequency, blocks, dim, temperature, middle)
+        if measured(dims) <= budget_bytes:
+            low, best = middle, dims
+        else:
+            high = middle
+        if (block_dims(frequency, blocks, dim, temperature, high) == best).all():
+            break
+    return best

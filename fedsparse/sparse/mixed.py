@@ -7,7 +7,8 @@ d_b < d, a (d_b, d) projection P_b to the common dimension d; row r of block b i
 ``E_b[r'] @ P_b``. Block dimensions follow the power law ``d_b = round(lambda * p_b^alpha)``
 (clamped to [1, d]), p_b the block's mean frequency per row (plus one) over the first block's,
 alpha the temperature (0: every block alike, a dense model at a smaller dimension); lambda is
-the largest whose measured memory fits the budget (:func:`mixed_dims_for_budget`).
+the largest whose measured memory fits the budget
+(:func:`~fedsparse.sparse.budget.mixed_dims_for_budget`).
 
 All blocks' E_b and P_b live in one flat Parameter ``values`` (E_0, P_0, E_1, P_1, ...), so
 an optimizer's state, :meth:`~MixedDimEmbeddingTable.memory_bytes` and the value precision codec
@@ -16,15 +17,9 @@ treat it as any other table; ``position`` (n_rows,) holds each row's place in th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import numpy as np
 import torch
 from torch import Tensor, nn
-
-from fedsparse.errors import ConfigError
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class MixedDimEmbeddingTable(nn.Module):
@@ -197,48 +192,3 @@ def block_dims(frequency: np.ndarray, blocks: int, dim: int, temperature: float,
     popularity = np.array([part.mean() for part in np.array_split(ranked, blocks)])
     return np.clip(np.rint(scale * (popularity / popularity[0]) ** temperature), 1,
                    dim).astype(np.int64)
-
-
-def mixed_bytes(frequency: np.ndarray, dim: int, dims: np.ndarray,
-                optimizer: OptimizerFactory | None = torch.optim.Adam) -> int:
-    """Measured ``memory_bytes`` of a table with block dimensions ``dims``, with the state of
-    one ``optimizer`` step (None: without)."""
-    table = MixedDimEmbeddingTable(frequency, dim, dims)
-    if optimizer is None:
-        return table.memory_bytes()
-    built = optimizer(table.parameters())
-    table.values.grad = torch.zeros_like(table.values)
-    built.step()
-    return table.memory_bytes(built)
-
-
-def mixed_dims_for_budget(frequency: np.ndarray, dim: int, blocks: int, temperature: float,
-                          budget_bytes: int,
-                          optimizer: OptimizerFactory | None = torch.optim.Adam) -> np.ndarray:
-    """The block dimensions of the largest power-law scale whose table (measured
-    ``memory_bytes`` with one ``optimizer`` step) fits ``budget_bytes``.
-
-    Raises
-    ------
-    ConfigError
-        When every block at dimension 1 does not fit; the message gives the bytes that needs.
-    """
-    def measured(dims: np.ndarray) -> int:
-        return mixed_bytes(frequency, dim, dims, optimizer)
-
-    smallest = measured(np.ones(blocks, dtype=np.int64))
-    if smallest > budget_bytes:
-        raise ConfigError(f"a budget of {budget_bytes} bytes cannot hold dimension 1 in every "
-                          f"block (that needs {smallest} bytes)")
-    low, high = 0.0, float(dim) * 2.0 ** 20     # scale: every block fits at low, none past high
-    best = np.ones(blocks, dtype=np.int64)
-    for _ in range(48):
-        middle = (low + high) / 2
-        dims = block_dims(frequency, blocks, dim, temperature, middle)
-        if measured(dims) <= budget_bytes:
-            low, best = middle, dims
-        else:
-            high = middle
-        if (block_dims(frequency, blocks, dim, temperature, high) == best).all():
-            break
-    return best

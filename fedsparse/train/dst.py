@@ -51,7 +51,8 @@ from fedsparse.sparse import (EmbeddingTable, GradientAccumulator, SparseEmbeddi
                               gradient_scores, is_update_step, magnitude_scores, nmf_masks,
                               random_mask, random_scores, table_bytes, top_fraction_mask,
                               update_count, update_mask)
-from fedsparse.sparse.mixed import MixedDimEmbeddingTable, mixed_bytes, mixed_dims_for_budget
+from fedsparse.sparse.budget import mixed_bytes, mixed_dims_for_budget
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable
 from fedsparse.sparse.sampled import importance_weights, sample_backward_rows
 
 logger = logging.getLogger(__name__)

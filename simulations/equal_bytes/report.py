@@ -99,8 +99,8 @@ def training_table(means: pd.DataFrame) -> str:
                 continue
             run = cell.iloc[0]
             over = run["peak_train_bytes"] > budget
-            row[_budget_label(budget, dense["train_bytes"])] = (
-                f"{run['recall']:.4f}{' (held ' + _mib(run['peak_train_bytes']) + ')' if over else ''}")
+            held = f" (held {_mib(run['peak_train_bytes'])})" if over else ""
+            row[_budget_label(budget, dense["train_bytes"])] = f"{run['recall']:.4f}{held}"
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
     note = (f"\nDense float32 with Adam state: {_mib(dense['train_bytes'])}, Recall@20 "

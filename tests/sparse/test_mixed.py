@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fedsparse.errors import ConfigError
-from fedsparse.sparse.mixed import (MixedDimEmbeddingTable, block_dims, mixed_bytes,
-                                    mixed_dims_for_budget)
+from fedsparse.sparse.budget import mixed_bytes, mixed_dims_for_budget
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable, block_dims
 
 
 def frequencies(n=103, seed=0):

@@ -13,7 +13,8 @@ from fedsparse.models.base import bpr_loss, l2_penalty
 from fedsparse.report.results import reevaluate_run, write_run
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable, mask_nnz, table_bytes
-from fedsparse.sparse.mixed import MixedDimEmbeddingTable, mixed_bytes
+from fedsparse.sparse.budget import mixed_bytes
+from fedsparse.sparse.mixed import MixedDimEmbeddingTable
 from fedsparse.train import train_centralized
 from fedsparse.train.dst import DynamicSparsity
 from fedsparse.train.sampling import NegativeSampler
