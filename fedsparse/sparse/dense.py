@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from fedsparse.sparse.mixed import MixedDimEmbeddingTable
-from fedsparse.sparse.pep import SoftThresholdTable
 from fedsparse.sparse.storage import SparseEmbeddingTable
 
 
@@ -86,5 +85,4 @@ class DenseEmbeddingTable(nn.Module):
 
 
 #: Any kind of embedding table.
-EmbeddingTable = (DenseEmbeddingTable | SparseEmbeddingTable | MixedDimEmbeddingTable
-                  | SoftThresholdTable)
+EmbeddingTable = DenseEmbeddingTable | SparseEmbeddingTable | MixedDimEmbeddingTable

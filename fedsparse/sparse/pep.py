@@ -8,13 +8,15 @@ initial values (PEP's lottery-ticket retraining).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedsparse.sparse.dense import DenseEmbeddingTable
 
-class SoftThresholdTable(nn.Module):
-    """An (n_rows, dim) dense table with one learnable pruning threshold per row.
+
+class SoftThresholdTable(DenseEmbeddingTable):
+    """An (n_rows, dim) dense table with one learnable pruning threshold per row: a
+    :class:`~fedsparse.sparse.dense.DenseEmbeddingTable` whose entries are soft-thresholded.
 
     Parameters
     ----------
@@ -26,31 +28,12 @@ class SoftThresholdTable(nn.Module):
     """
 
     def __init__(self, values: Tensor, threshold_init: float) -> None:
-        super().__init__()
-        self.n_rows, self.dim = values.shape
-        self.values = nn.Parameter(values.detach().float().clone())
+        super().__init__(values)
         self.threshold = nn.Parameter(torch.full((self.n_rows, 1), float(threshold_init)))
 
     @staticmethod
     def _soft(values: Tensor, threshold: Tensor) -> Tensor:
         return torch.sign(values) * torch.relu(values.abs() - torch.sigmoid(threshold))
-
-    @property
-    def nnz(self) -> int:
-        """Number of held values: all of them (the search phase is dense)."""
-        return self.values.numel()
-
-    @property
-    def density(self) -> float:
-        """1.0: the search phase holds every value."""
-        return 1.0
-
-    def extra_repr(self) -> str:
-        return f"n_rows={self.n_rows}, dim={self.dim}"
-
-    def forward(self, rows: Tensor | None = None) -> Tensor:
-        """``gather(rows)``, or the whole table when ``rows`` is None."""
-        return self.to_dense() if rows is None else self.gather(rows)
 
     def gather(self, rows: Tensor) -> Tensor:
         """Soft-thresholded vectors of ``rows`` (B,) -> (B, dim)."""
@@ -69,20 +52,11 @@ class SoftThresholdTable(nn.Module):
         """Fraction of the entries the thresholds have not zeroed."""
         return float(self.mask().float().mean())
 
-    def scale_groups(self) -> tuple[np.ndarray, int]:
-        """The precision codec's groups, its rows (as a dense table's)."""
-        return np.repeat(np.arange(self.n_rows, dtype=np.int64), self.dim), self.n_rows
-
-    def floor_bytes(self) -> int:
-        """4 bytes per value."""
-        return 4 * self.nnz
-
     def memory_bytes(self, optimizer: torch.optim.Optimizer | None = None) -> int:
-        """Bytes of the values and thresholds plus, when ``optimizer`` is given, its state for
-        both."""
-        held = [self.values, self.threshold]
+        """The dense table's bytes plus the thresholds' and, when ``optimizer`` is given, its
+        state for them."""
+        held = [self.threshold]
         if optimizer is not None:
-            for parameter in (self.values, self.threshold):
-                state = optimizer.state.get(parameter, {})
-                held += [value for value in state.values() if isinstance(value, Tensor)]
-        return sum(tensor.nbytes for tensor in held)
+            state = optimizer.state.get(self.threshold, {})
+            held += [value for value in state.values() if isinstance(value, Tensor)]
+        return super().memory_bytes(optimizer) + sum(tensor.nbytes for tensor in held)
