@@ -217,6 +217,15 @@ class FleetConfig:
                              doc="negatives per positive, drawn once per round")
     server_lr: float = _option(10.0, low=0.0, open_low=True,
                                doc="step of the server on the aggregated per-entry delta")
+    server_optimizer: str = _option("sgd", choices=("sgd", "adam"),
+                                    doc="the server's step on each entry's mean delta: "
+                                        "fl.server_lr times it (sgd), or per-entry Adam with "
+                                        "the mean delta as its gradient (FedAdam: moments of "
+                                        "the deltas, no bias correction, only the entries "
+                                        "some device updated move)")
+    server_eps: float = _option(1e-3, low=0.0, open_low=True,
+                                doc="the server Adam's epsilon (its tau), added to the root "
+                                    "of the second moment")
     mask_interval: int = _option(2, low=1, doc="rounds between server mask updates (dR)")
     growth_topk: int = _option(2, low=0, doc="growth scores a device sends per touched row")
     nmf_rounds: int = _option(5, low=1,

@@ -2,9 +2,9 @@
 
 In a simulation, after every round but the last, the server writes
 ``<out>/checkpoint/server.npz`` atomically (a temporary file, flushed, then renamed): the
-global item table, each tier's mask, the growth accumulator, the round, the mask-update and
-skipped-round counters, the accounting ledger and the history so far, and the resolved config
-it belongs to. Random streams need no saved state: every draw is keyed by (seed, round,
+global item table, each tier's mask, the growth accumulator, the server step's moments, the
+round, the mask-update and skipped-round counters, the accounting ledger and the history so
+far, and the resolved config it belongs to. Random streams need no saved state: every draw is keyed by (seed, round,
 device, purpose), so the round number is the generators' state.
 
 Each cohort of devices (those one SuperNode simulates; one device in a deployment) persists its
@@ -45,6 +45,9 @@ class ServerState:
         (n_items, d) float32 global item table.
     growth : np.ndarray
         (n_items, d) accumulated growth scores since the last mask update.
+    optimizer : dict[str, np.ndarray]
+        The server step's per-entry state (``ServerStep.moments``: Adam's ``m`` and ``v``;
+        none for SGD).
     masks : dict[str, np.ndarray]
         Tier name -> (n_items, d) bool mask.
     counters : dict[str, int]
@@ -62,6 +65,7 @@ class ServerState:
     round: int
     item: np.ndarray
     growth: np.ndarray
+    optimizer: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
     counters: dict[str, int]
     ledger: dict[str, np.ndarray]
@@ -82,9 +86,11 @@ def save_server_state(path: Path, state: ServerState, config_text: str) -> None:
     meta = {"format": FORMAT, "round": state.round, "config": config_text,
             "counters": state.counters, "init_seconds": state.init_seconds,
             "evaluation": {str(device): values for device, values in state.evaluation.items()},
-            "history": state.history, "tiers": list(state.masks)}
+            "history": state.history, "tiers": list(state.masks),
+            "optimizer": list(state.optimizer)}
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
               "item": state.item, "growth": state.growth,
+              **{f"optimizer_{name}": moment for name, moment in state.optimizer.items()},
               **{f"mask_{index}": mask for index, mask in enumerate(state.masks.values())},
               **{f"ledger_{key}": state.ledger[key] for key in LEDGER_ARRAYS}}
     write_atomically(path, npz_bytes(arrays))
@@ -105,6 +111,7 @@ def load_server_state(path: Path, config_text: str) -> ServerState:
         masks = {name: arrays.pop(f"mask_{index}") for index, name in enumerate(meta["tiers"])}
         ledger = {key: arrays.pop(f"ledger_{key}") for key in LEDGER_ARRAYS}
         item, growth = arrays.pop("item"), arrays.pop("growth")
+        optimizer = {name: arrays.pop(f"optimizer_{name}") for name in meta["optimizer"]}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
             UnicodeDecodeError) as exc:
         raise FedsparseError(f"checkpoint {path}: corrupt or unreadable ({exc})") from None
@@ -113,7 +120,8 @@ def load_server_state(path: Path, config_text: str) -> ServerState:
     if meta["config"] != config_text:
         raise FedsparseError(f"checkpoint {path}: written for another config "
                              f"({first_difference(meta['config'], config_text)})")
-    return ServerState(round=int(meta["round"]), item=item, growth=growth, masks=masks,
+    return ServerState(round=int(meta["round"]), item=item, growth=growth, optimizer=optimizer,
+                       masks=masks,
                        counters={key: int(value) for key, value in meta["counters"].items()},
                        ledger=ledger,
                        evaluation={int(device): values

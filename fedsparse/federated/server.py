@@ -36,8 +36,8 @@ from fedsparse.federated.secure_training import (TRAINING_STEP_BASE, open_tier_s
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse import (SparseEmbeddingTable, cosine_update_fraction, is_update_step,
                               prefix_mask, update_count, update_mask)
-from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates,
-                                        apply_weighted_deltas, nested_tier_masks)
+from fedsparse.sparse.federated import (ServerStep, SparseUpdate, nested_tier_masks,
+                                        sum_sparse_updates)
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class FleetServer:
         self.n_items, self.dim = item_values.shape
         self.item = np.where(top_mask, item_values, 0.0).astype(np.float32)
         self.growth = np.zeros(item_values.shape)
+        self.server_step = ServerStep(cfg.fl.server_optimizer, self.item.size, cfg.fl.server_lr,
+                                      cfg.fl.server_eps)
         self.top_tier = int(np.argmax([tier.density for tier in plan.tiers]))
         self.masks = self._tier_masks(top_mask)
         self.ledger = DeviceLedger.empty(plan.n_devices)
@@ -155,6 +157,7 @@ class FleetServer:
                              update_count(int(top.sum()), fraction))
         new_top = update.new_mask.numpy()
         self.item[~new_top] = 0.0                           # dropped entries; grown start at 0
+        self.server_step.forget(~new_top)
         self.masks = self._tier_masks(new_top)
         self.growth[:] = 0.0
         self.mask_updates += 1
@@ -168,6 +171,7 @@ class FleetServer:
         """Everything needed to continue after ``server_round`` (for the checkpoint)."""
         return ServerState(
             round=server_round, item=self.item, growth=self.growth,
+            optimizer=self.server_step.moments,
             masks={tier.name: mask for tier, mask in zip(self.plan.tiers, self.masks)},
             counters={"mask_updates": self.mask_updates,
                       "skipped_in_a_row": self.skipped_in_a_row,
@@ -178,6 +182,7 @@ class FleetServer:
     def restore(self, state: ServerState) -> None:
         """Continue from a checkpoint of this fleet (the inverse of :meth:`server_state`)."""
         self.item, self.growth = state.item, state.growth
+        self.server_step.moments = dict(state.optimizer)
         self.masks = [state.masks[tier.name] for tier in self.plan.tiers]
         self.mask_updates = state.counters["mask_updates"]
         self.skipped_in_a_row = state.counters["skipped_in_a_row"]
@@ -374,16 +379,12 @@ class FleetServer:
         or the opened sums, and count the devices' participation."""
         if not self.method.accumulates:
             self.growth[:] = 0.0                       # growth by the last round's scores only
-        if opened is not None and accepted:
-            weighted_delta, weight, growth = open_tier_sums(opened.sums, self.masks)
-            self.item = apply_weighted_deltas(self.item, weighted_delta, weight,
-                                              server_lr=self.cfg.fl.server_lr)
+        if accepted:
+            weighted_delta, weight, growth = (
+                open_tier_sums(opened.sums, self.masks) if opened is not None else
+                sum_sparse_updates(self.item, [update for _, update, _, _ in accepted]))
+            self.item = self.server_step(self.item, weighted_delta, weight)
             self.growth += growth
-        elif accepted:
-            self.item, round_growth = aggregate_sparse_updates(
-                self.item, [update for _, update, _, _ in accepted],
-                server_lr=self.cfg.fl.server_lr)
-            self.growth += round_growth
         for device, _, train_bytes, payload in accepted:
             self.ledger.rounds[device] += 1
             self.ledger.up_payload_bytes[device] += payload

@@ -49,13 +49,12 @@ class SparseUpdate:
     grow_scores: np.ndarray
 
 
-def aggregate_sparse_updates(global_values: np.ndarray, updates: list[SparseUpdate], *,
-                             server_lr: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-entry weighted average of the devices' deltas, applied to the global table.
+def sum_sparse_updates(global_values: np.ndarray, updates: list[SparseUpdate]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The round's per-entry sums over the devices' replies, what :class:`ServerStep` applies.
 
-    For every entry e touched by a set D_e of devices, ``w_e += server_lr * sum_k n_k (v_k,e -
-    w_e) / sum_k n_k``; untouched entries keep their value. Devices are folded in ascending
-    device id, so the result does not depend on the order replies arrived in.
+    Devices are folded in ascending device id, so the sums do not depend on the order replies
+    arrived in.
 
     Parameters
     ----------
@@ -63,14 +62,13 @@ def aggregate_sparse_updates(global_values: np.ndarray, updates: list[SparseUpda
         (n_rows, dim) float32 global table the devices started from.
     updates:
         Accepted replies.
-    server_lr:
-        Step on the averaged delta.
 
     Returns
     -------
     tuple of np.ndarray
-        The new (n_rows, dim) float32 table and the (n_rows, dim) float64 growth scores of the
-        round (summed over devices).
+        Flat (n_rows * dim,) float64 sums of ``n_k (v_k,e - w_e)`` and of ``n_k`` over the
+        devices k that trained entry e (zero elsewhere), and the (n_rows, dim) float64 growth
+        scores of the round (summed over devices).
     """
     size = global_values.size
     flat = global_values.reshape(-1).astype(np.float64)
@@ -82,20 +80,62 @@ def aggregate_sparse_updates(global_values: np.ndarray, updates: list[SparseUpda
         weighted_delta[update.entries] += update.weight * delta
         weight[update.entries] += update.weight
         growth[update.grow_entries] += update.grow_scores
-    return (apply_weighted_deltas(global_values, weighted_delta, weight, server_lr=server_lr),
-            growth.reshape(global_values.shape))
+    return weighted_delta, weight, growth.reshape(global_values.shape)
 
 
-def apply_weighted_deltas(global_values: np.ndarray, weighted_delta: np.ndarray,
-                          weight: np.ndarray, *, server_lr: float = 1.0) -> np.ndarray:
-    """``w_e += server_lr * weighted_delta_e / weight_e`` at every entry with weight > 0
-    (the sums over devices of ``n_k (v_k,e - w_e)`` and of ``n_k``, any shape of
-    ``global_values``' size); returns the new table, float32, shaped as ``global_values``."""
-    flat = global_values.reshape(-1).astype(np.float64)
-    weighted_delta, weight = weighted_delta.reshape(-1), weight.reshape(-1)
-    touched = weight > 0
-    flat[touched] += server_lr * weighted_delta[touched] / weight[touched]
-    return flat.astype(np.float32).reshape(global_values.shape)
+#: The server Adam's moment decays (FedAdam's defaults).
+SERVER_BETAS = (0.9, 0.99)
+
+
+class ServerStep:
+    """The server's step on each entry's weighted mean delta ``d_e = sum_k n_k (v_k,e - w_e) /
+    sum_k n_k``, at the entries some device trained (the others keep their value).
+
+    ``"sgd"``: ``w_e += lr d_e``. ``"adam"``: per-entry Adam with ``d_e`` as its gradient
+    (FedAdam, Reddi et al., "Adaptive Federated Optimization", ICLR 2021, without bias
+    correction): ``m_e = b1 m_e + (1 - b1) d_e``, ``v_e = b2 v_e + (1 - b2) d_e^2``,
+    ``w_e += lr m_e / (sqrt(v_e) + eps)``; the moments of untrained entries stay as they are.
+
+    Parameters
+    ----------
+    kind:
+        ``"sgd"`` or ``"adam"``.
+    size:
+        Entries of the table (``n_rows * dim``).
+    lr:
+        The step (``fl.server_lr``).
+    eps:
+        Adam's epsilon (``fl.server_eps``).
+    """
+
+    def __init__(self, kind: str, size: int, lr: float, eps: float = 1e-3) -> None:
+        if kind not in ("sgd", "adam"):
+            raise ValueError(f"server optimizer {kind!r}: expected 'sgd' or 'adam'")
+        self.kind, self.lr, self.eps = kind, lr, eps
+        self.moments = ({"m": np.zeros(size), "v": np.zeros(size)} if kind == "adam" else {})
+
+    def __call__(self, global_values: np.ndarray, weighted_delta: np.ndarray,
+                 weight: np.ndarray) -> np.ndarray:
+        """The new table (float32, shaped as ``global_values``) from the round's sums (any
+        shape of ``global_values``' size: :func:`sum_sparse_updates`, or opened secure sums)."""
+        flat = global_values.reshape(-1).astype(np.float64)
+        weighted_delta, weight = weighted_delta.reshape(-1), weight.reshape(-1)
+        touched = np.flatnonzero(weight > 0)
+        mean = weighted_delta[touched] / weight[touched]                       # (T,)
+        if self.kind == "sgd":
+            flat[touched] += self.lr * mean
+        else:
+            beta1, beta2 = SERVER_BETAS
+            m, v = self.moments["m"], self.moments["v"]
+            m[touched] = beta1 * m[touched] + (1.0 - beta1) * mean
+            v[touched] = beta2 * v[touched] + (1.0 - beta2) * mean ** 2
+            flat[touched] += self.lr * m[touched] / (np.sqrt(v[touched]) + self.eps)
+        return flat.astype(np.float32).reshape(global_values.shape)
+
+    def forget(self, dropped: np.ndarray) -> None:
+        """Reset the moments of the entries a mask update dropped (bool, the table's size)."""
+        for moment in self.moments.values():
+            moment[dropped.reshape(-1)] = 0.0
 
 
 def nested_tier_masks(top_mask: np.ndarray, weights: np.ndarray, growth: np.ndarray,

@@ -7,7 +7,7 @@ from fedsparse.federated.secure_sum import decode_fixed, encode_fixed_sparse
 from fedsparse.federated.secure_training import (TierLayout, open_tier_sums,
                                                  secure_vector_size, sparse_contribution)
 from fedsparse.sparse import SparseEmbeddingTable
-from fedsparse.sparse.federated import SparseUpdate, aggregate_sparse_updates, apply_weighted_deltas
+from fedsparse.sparse.federated import ServerStep, SparseUpdate, sum_sparse_updates
 from fedsparse.train.device import DeviceUpdate
 
 N_ITEMS, DIM, BITS = 30, 8, 40
@@ -53,9 +53,10 @@ def test_the_tiers_opened_sums_aggregate_like_the_plain_updates():
         positions, values = sparse_contribution(update, TierLayout.of(table), DIM)
         assert np.all(np.diff(positions) > 0) and positions.max() < size
         sums[tier] += encode_fixed_sparse(positions, values, size, BITS)
-    expected_item, expected_growth = aggregate_sparse_updates(item, plain, server_lr=2.0)
+    plain_delta, plain_weight, expected_growth = sum_sparse_updates(item, plain)
     weighted_delta, weight, growth = open_tier_sums(
         {tier: decode_fixed(total, BITS) for tier, total in sums.items()}, masks)
-    np.testing.assert_allclose(apply_weighted_deltas(item, weighted_delta, weight,
-                                                     server_lr=2.0), expected_item, atol=1e-6)
+    step = ServerStep("sgd", item.size, lr=2.0)
+    np.testing.assert_allclose(step(item, weighted_delta, weight),
+                               step(item, plain_delta, plain_weight), atol=1e-6)
     np.testing.assert_allclose(growth, expected_growth, atol=1e-6)

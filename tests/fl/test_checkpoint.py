@@ -22,6 +22,7 @@ def _state(round_=3):
     rng = np.random.default_rng(0)
     return ServerState(
         round=round_, item=rng.normal(size=(5, 4)).astype(np.float32), growth=rng.random((5, 4)),
+        optimizer={"m": rng.normal(size=20), "v": rng.random(20)},
         masks={"small": rng.random((5, 4)) < 0.3, "large": rng.random((5, 4)) < 0.6},
         counters={"mask_updates": 1, "skipped_in_a_row": 0, "devices_per_node": 5},
         ledger={key: np.arange(6, dtype=np.int64) for key in LEDGER_ARRAYS},
@@ -37,6 +38,8 @@ def test_server_state_round_trips(tmp_path):
     assert loaded.round == 3 and loaded.counters == _state().counters
     assert np.array_equal(loaded.item, _state().item) and loaded.item.dtype == np.float32
     assert list(loaded.masks) == ["small", "large"]
+    assert list(loaded.optimizer) == ["m", "v"]
+    assert all(np.array_equal(loaded.optimizer[k], _state().optimizer[k]) for k in "mv")
     assert all(np.array_equal(loaded.masks[k], _state().masks[k]) for k in loaded.masks)
     assert loaded.evaluation == {2: {"recall@20": 0.25, "n-test": 3.0}}
     assert loaded.history[0] == {"round": 1, "loss": 0.5, "seconds": 1.25}
@@ -132,9 +135,10 @@ def _round_in_checkpoint(path):
 @pytest.mark.slow
 def test_a_killed_simulation_resumes_to_the_same_files(fleet_config, tmp_path):
     """Killed on cohorts of 5 devices (5, 5, 5, 5, 4), resumed: the files of an uninterrupted
-    run with one device per SuperNode."""
+    run with one device per SuperNode (with the server's Adam, whose moments resume too)."""
     fleet = ("fl.rounds=12", "fl.clients_per_round=12", "fl.crash_prob=0.2",
-             "fl.speed_jitter=0.5", "fl.deadline_seconds=0.09", "fl.eval_every=5")
+             "fl.speed_jitter=0.5", "fl.deadline_seconds=0.09", "fl.eval_every=5",
+             "fl.server_optimizer=adam", "fl.server_lr=0.05")
     config, alone = tmp_path / "fleet.toml", tmp_path / "alone.toml"
     dump_config(fleet_config(*fleet, "fl.devices_per_node=5"), config)
     dump_config(fleet_config(*fleet, "fl.devices_per_node=1"), alone)

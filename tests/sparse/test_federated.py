@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from fedsparse.data import synthetic_dataset
 from fedsparse.seeding import generator_for
-from fedsparse.sparse.federated import (SparseUpdate, aggregate_sparse_updates, initial_nmf_items,
+from fedsparse.sparse.federated import (ServerStep, SparseUpdate, initial_nmf_items,
                                         initial_nmf_row, nested_tier_masks, nmf_item_scores,
-                                        nmf_item_step, nmf_multiplicative, nmf_user_step)
+                                        nmf_item_step, nmf_multiplicative, nmf_user_step,
+                                        sum_sparse_updates)
 from fedsparse.sparse.masks import mask_nnz, random_mask
 
 
@@ -22,12 +23,18 @@ def update(device, weight, entries, values, grow=(), scores=()):
                         grow_scores=np.array(scores, np.float32))
 
 
+def aggregate(table, updates, kind="sgd", lr=1.0):
+    """One SGD (or fresh Adam) server step on the round's sums; the new table and growth."""
+    weighted_delta, weight, growth = sum_sparse_updates(table, updates)
+    return ServerStep(kind, table.size, lr)(table, weighted_delta, weight), growth
+
+
 def test_aggregation_is_a_per_entry_weighted_average_of_the_deltas():
     table = np.zeros((2, 3), np.float32)
     table[0, 0] = 1.0
     updates = [update(0, 1.0, [0, 4], [2.0, 1.0], grow=[1], scores=[0.5]),
                update(1, 3.0, [0], [4.0], grow=[1, 5], scores=[0.25, 2.0])]
-    new, growth = aggregate_sparse_updates(table, updates)
+    new, growth = aggregate(table, updates)
     # entry 0: deltas 1 (weight 1) and 3 (weight 3) -> 1 + (1 + 9) / 4; entry 4 only device 0
     assert new[0, 0] == pytest.approx(1.0 + 10.0 / 4)
     assert new[1, 1] == pytest.approx(1.0)
@@ -43,11 +50,27 @@ def test_aggregation_does_not_depend_on_reply_order_and_server_lr_scales_the_ste
         entries = np.sort(rng.choice(160, size=30, replace=False))
         updates.append(update(device, float(rng.integers(1, 9)), entries,
                               rng.normal(size=30)))
-    forward, _ = aggregate_sparse_updates(table, updates)
-    backward, _ = aggregate_sparse_updates(table, updates[::-1])
+    forward, _ = aggregate(table, updates)
+    backward, _ = aggregate(table, updates[::-1])
     assert np.array_equal(forward, backward)
-    half, _ = aggregate_sparse_updates(table, updates, server_lr=0.5)
+    half, _ = aggregate(table, updates, lr=0.5)
     np.testing.assert_allclose(half - table, (forward - table) / 2, atol=1e-5)
+
+
+def test_server_adam_steps_on_the_mean_delta_and_keeps_untrained_moments():
+    table = np.zeros((2, 2), np.float32)
+    step = ServerStep("adam", table.size, lr=0.1, eps=1e-3)
+    first = step(table, np.array([2.0, 0.0, -0.5, 0.0]), np.array([4.0, 0.0, 1.0, 0.0]))
+    # entry 0: mean delta 0.5 -> m = 0.05, v = 0.0025, step 0.1 * 0.05 / (0.05 + 1e-3)
+    assert first.reshape(-1)[0] == pytest.approx(0.1 * 0.05 / 0.051, rel=1e-6)
+    assert first.reshape(-1)[2] == pytest.approx(-0.1 * 0.05 / 0.051, rel=1e-6)
+    assert first.reshape(-1)[[1, 3]].tolist() == [0.0, 0.0]  # untrained: no step, no moments
+    second = step(first, np.array([0.0, 1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0, 0.0]))
+    assert np.array_equal(second.reshape(-1)[[0, 2]], first.reshape(-1)[[0, 2]])
+    assert step.moments["m"][0] == pytest.approx(0.05)       # not decayed while untrained
+    step.forget(np.array([[True, False], [False, False]]))
+    assert step.moments["m"][0] == 0.0 and step.moments["v"][0] == 0.0
+    assert step.moments["m"][1] == pytest.approx(0.1)
 
 
 @settings(max_examples=40, deadline=None)
