@@ -25,11 +25,13 @@ from fedsparse.train import train_centralized
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+#: Each dataset's final fleet config (``configs/fleets/``): the tiers the references match.
+FLEETS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
 
 
 def reference_runs(dataset: str, split: str, seed: int) -> dict[str, tuple[Path, list[str]]]:
     """Name -> (config, overrides) of every centralized reference for the fleet's tiers."""
-    fleet = ROOT / "configs" / "fleets" / f"{dataset}.toml"
+    fleet = ROOT / "configs" / "fleets" / FLEETS[dataset]
     chosen = [f"data.split={split}", f"seed={seed}"]
     cfg = load_config(fleet, chosen, fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
@@ -50,7 +52,7 @@ def reference_runs(dataset: str, split: str, seed: int) -> dict[str, tuple[Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="lastfm", choices=["lastfm", "gowalla"])
+    parser.add_argument("--dataset", default="lastfm", choices=sorted(FLEETS))
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=0,

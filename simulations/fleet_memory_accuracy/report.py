@@ -1,11 +1,13 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
-Runs are ``results/<dataset>_<method>/`` (``fedsparse simulate`` results directories) and
-``results/bare_flower_<dataset>/`` (``bare_flower.py``).
+Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
+``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
+``results/references/<dataset>_<split>/`` (``references.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from fedsparse.data import load_dataset
 from fedsparse.federated.fleet import fleet_users
 from fedsparse.metrics.ranking import evaluate_embeddings
 from fedsparse.report.tables import replace_block
+from references import FLEETS  # this directory's references.py
 
 HERE = Path(__file__).resolve().parent
 #: Below this Recall@20 on both sides a comparison says nothing (LastFM's fleets reach 0.09+).
@@ -27,11 +30,9 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
 
 
 def run_dirs(dataset: str, method: str) -> list[Path]:
-    """A method's finished runs on ``dataset``: ``results/<dataset>_<method>_seed<s>/``, or the
-    single ``results/<dataset>_<method>/`` of runs made before seeds were repeated."""
-    seeded = sorted((HERE / "results").glob(f"{dataset}_{method}_seed*/metrics.json"))
-    single = HERE / "results" / f"{dataset}_{method}" / "metrics.json"
-    return [path.parent for path in (seeded or ([single] if single.exists() else []))]
+    """A method's finished runs on ``dataset``: ``results/<dataset>_<method>_seed<s>/``."""
+    return [path.parent for path in
+            sorted((HERE / "results").glob(f"{dataset}_{method}_seed*/metrics.json"))]
 
 
 def load_runs(dataset: str) -> dict[str, dict]:
@@ -77,7 +78,7 @@ def tier_table(runs: dict[str, dict]) -> str:
                                                                  ".1f", ".1f"))
 
 
-def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
+def fleet_table(runs: dict[str, dict]) -> str:
     rows = []
     for method, metrics in runs.items():
         sampled = pd.read_csv(metrics["dirs"][0] / "history.csv")["sampled"]
@@ -91,12 +92,9 @@ def fleet_table(dataset: str, runs: dict[str, dict], bare: dict | None) -> str:
                "down / round (MB)": metrics["down_bytes_per_round"] / 1e6,
                "all within budget": "yes" if metrics["within_budget"] else "no",
                "init (s)": first["init_seconds"], "s / round": first["seconds_per_round"]}
-        if bare is not None:
-            row["/ bare Flower round"] = first["seconds_per_round"] / bare["seconds_per_round"]
         rows.append(row)
-    formats = ("", ".0f", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f",
-               ".2f")
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats[:len(rows[0])])
+    formats = ("", ".0f", ".0f", ".0f", ".0f", ".4f", ".4f", ".2f", ".1f", "", ".1f", ".1f")
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats)
 
 
 def curve_table(dataset: str, runs: dict[str, dict]) -> str:
@@ -178,13 +176,17 @@ def convergence_table(dataset: str) -> str | None:
 TIER_RATIO = {"lastfm": 0.90, "gowalla": 0.80}
 #: Dense FedAvg against centralized dense MF (LastFM).
 DENSE_RATIO = 0.90
+#: Every fleet method against the popularity ranking (full Gowalla).
+POPULARITY_RATIO = {"gowalla": 1.5}
+#: Datasets whose fleets ran with plain training replies (README: why).
+PLAIN_REPLIES = ("gowalla",)
 
 
-def references(dataset: str) -> dict[str, float]:
-    """Centralized references (``references.py``) on the test split: name -> Recall@20, mean
-    over the seeds run."""
+def references(dataset: str, split: str = "test") -> dict[str, float]:
+    """Centralized references (``references.py``) on ``split``: name -> Recall@20, mean over
+    the seeds run."""
     found: dict[str, list[float]] = {}
-    for path in sorted((HERE / "results" / "references" / f"{dataset}_test").glob(
+    for path in sorted((HERE / "results" / "references" / f"{dataset}_{split}").glob(
             "*_seed*/metrics.json")):
         name = path.parent.name.rsplit("_seed", 1)[0]
         found.setdefault(name, []).append(json.loads(path.read_text())["recall@20"])
@@ -216,7 +218,8 @@ def reference_table(dataset: str, runs: dict[str, dict]) -> str | None:
 
 
 def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
-    """Issue 15's targets, checked on the result files."""
+    """Issue 15's targets, checked on the result files (and :func:`plain_reply_targets` for
+    the datasets whose runs have plain replies)."""
     central, lines = references(dataset), []
     for method in ("sparserec", "sparserec_no_nmf", "nested_dims"):
         if method in runs:
@@ -228,6 +231,13 @@ def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
         lines.append(f"- dense FedAvg Recall@20 {runs['dense']['recall@20']:.4f} = {ratio:.2f} x "
                      f"centralized dense MF ({central['dense_mf']:.4f}), against "
                      f"{DENSE_RATIO:.2f} x: **{'met' if ratio >= DENSE_RATIO else 'MISSED'}**.")
+    if dataset in POPULARITY_RATIO:
+        wanted, base = POPULARITY_RATIO[dataset], popularity(first_config(runs))["recall@20"]
+        for method, metrics in runs.items():
+            ratio = metrics["recall@20"] / base
+            lines.append(f"- {METHODS[method]} Recall@20 {metrics['recall@20']:.4f} = "
+                         f"{ratio:.2f} x the popularity ranking ({base:.4f}), against "
+                         f"{wanted:.1f} x: **{'met' if ratio >= wanted else 'MISSED'}**.")
     if "sparserec" in runs:
         for tier, values in runs["sparserec"]["tiers"].items():
             reference = central.get(f"sparserec_{tier}")
@@ -243,6 +253,8 @@ def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
                 lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} vs "
                              f"nested dimensions {other:.4f}: "
                              f"**{'met' if values['recall@20'] >= other else 'MISSED'}**.")
+    if dataset in PLAIN_REPLIES:
+        lines += plain_reply_targets(runs)
     return "\n".join(lines) if lines else "(no runs yet)"
 
 
@@ -266,14 +278,45 @@ def cross_tier_table(dataset: str) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None
 
 
-def targets(runs: dict[str, dict]) -> str:
-    """The issue's targets, checked on the result files."""
+#: The LastFM tuning run of the final recipe, the three-tier side of :func:`one_tier_table`.
+FINAL_SETTING = "rounds=100+l2=0.01+server_lr=3+lr_schedule=cosine"
+#: LastFM's tiers, smallest budget first.
+TIERS = ("wot", "phone", "flagship")
+
+
+def one_tier_table() -> str | None:
+    """LastFM on validation, the final recipe: Recall@20 of the devices of each tier of the
+    three-tier fleet (its tuning run), in that fleet and in the same fleet with one tier,
+    every device given the flagship budget (``results/diagnostics/lastfm_<method>_all_flagship
+    _val/``; its tier names do not follow the users, so devices are matched by id); beside
+    them the centralized models at the flagship tier's memory. None before any one-tier run."""
+    central, rows = references("lastfm", "val"), []
+    for path in sorted((HERE / "results" / "diagnostics").glob("lastfm_*_all_flagship_val")):
+        method = path.name.removeprefix("lastfm_").removesuffix("_all_flagship_val")
+        three = pd.read_csv(HERE / "results" / "tuning" / f"lastfm_{method}" / FINAL_SETTING /
+                            "clients.csv")
+        one = pd.read_csv(path / "clients.csv").set_index("device_id")["recall@20"]
+        tested = three[three["n_test"] > 0]
+        for fleet, recall in (("three tiers", tested["recall@20"]),
+                              ("one tier, all flagship budget", one[tested["device_id"]].values)):
+            by_tier = pd.Series(np.asarray(recall), index=tested.index).groupby(
+                tested["tier"]).mean()
+            rows.append({"method": METHODS[method], "fleet": fleet,
+                         **{f"{tier} devices": by_tier[tier] for tier in TIERS},
+                         "all": float(np.mean(recall))})
+    if not rows:
+        return None
+    return (pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") +
+            f"\n\nCentralized on the same validation split (every user), at the flagship tier's "
+            f"memory: SparseRec MF at its density {central.get('sparserec_flagship', np.nan):.4f}, "
+            f"dense MF at its d_t {central.get('dense_mf_flagship', np.nan):.4f}.")
+
+
+def plain_reply_targets(runs: dict[str, dict]) -> list[str]:
+    """The first fleet issue's targets, for runs with plain training replies (whose upload
+    depends on the tier): SparseRec's upload against dense FedAvg's, and SparseRec against
+    random-init DST."""
     lines = []
-    for method in ("sparserec", "sparserec_no_nmf"):
-        if method in runs:
-            ok = runs[method]["within_budget"]
-            lines.append(f"- {METHODS[method]}: every device's model and training bytes within "
-                         f"its budget in every round: **{'met' if ok else 'MISSED'}**.")
     if {"sparserec", "dense"} <= set(runs):
         for tier, values in runs["sparserec"]["tiers"].items():
             dense = runs["dense"]["tiers"][tier]
@@ -294,26 +337,34 @@ def targets(runs: dict[str, dict]) -> str:
                 verdict = f"no verdict, both below {NOISE_RECALL} (the models did not learn)"
             lines.append(f"- tier {tier}: federated SparseRec Recall@20 {values['recall@20']:.4f} "
                          f"vs random-init federated DST {other:.4f}: **{verdict}**.")
-    return "\n".join(lines) if lines else "(no runs yet)"
+    return lines
 
 
-def popularity_reference(dataset: str, runs: dict[str, dict]) -> str:
-    """Recall@20 and NDCG@20 of a model-free ranking on the same fleet: every device's unseen
-    items by how many of the fleet's devices train on them."""
-    return popularity_line(next(iter(runs.values()))["dirs"][0] / "config.toml")
-
-
-def popularity_line(config: Path) -> str:
-    """:func:`popularity_reference` on the fleet, data and split of the run ``config``."""
+@functools.cache
+def popularity(config: Path) -> dict[str, float]:
+    """Recall@20 and NDCG@20 of a model-free ranking on the fleet, data and split of the run
+    ``config``: every device's unseen items by how many of the fleet's devices train on them
+    (with ``"devices"``, the fleet's size)."""
     cfg = load_config(config, fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     users = fleet_users(data, cfg.fl.max_devices, cfg.seed)
     train, test = data.train[users], data.test[users]
     counts = np.asarray(train.sum(axis=0), dtype=np.float32).T              # (n_items, 1)
     metrics = evaluate_embeddings(np.ones((len(users), 1), np.float32), counts, train, test)
+    return {**{key: float(value) for key, value in metrics.items()}, "devices": len(users)}
+
+
+def popularity_line(config: Path) -> str:
+    """:func:`popularity` as a sentence."""
+    metrics = popularity(config)
     return (f"Reference without a model: ranking every device's unseen items by how many of "
-            f"the fleet's {len(users)} devices train on them gives Recall@20 "
+            f"the fleet's {metrics['devices']} devices train on them gives Recall@20 "
             f"{metrics['recall@20']:.4f}, NDCG@20 {metrics['ndcg@20']:.4f}.")
+
+
+def first_config(runs: dict[str, dict]) -> Path:
+    """``config.toml`` of the first method's first seed (all runs share fleet and split)."""
+    return next(iter(runs.values()))["dirs"][0] / "config.toml"
 
 
 def plot(dataset: str, runs: dict[str, dict]) -> None:
@@ -342,6 +393,8 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
     if "dense_mf" in central:
         ax.axhline(central["dense_mf"], color="black", ls="--", lw=0.8,
                    label="centralized dense MF, d = 64")
+    ax.axhline(popularity(first_config(runs))["recall@20"], color="brown", ls="-.", lw=0.8,
+               label="popularity ranking (no model)")
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{tier}\n{budget:.0f} KB" for tier, budget in zip(tiers, budgets)])
     ax.minorticks_off()
@@ -369,15 +422,13 @@ def convergence_plot(dataset: str) -> None:
     figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
 
 
-#: Each dataset's final fleet config: its rounds make a tuning run a convergence run.
-FINAL_CONFIGS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
 
 
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
     """(method, run) of each method's tuning runs of at least the final config's rounds (its
     convergence runs, the final schedule's among them), in the order of :data:`METHODS`, then
     by setting."""
-    final = load_config(HERE.parents[1] / "configs" / "fleets" / FINAL_CONFIGS[dataset],
+    final = load_config(HERE.parents[1] / "configs" / "fleets" / FLEETS[dataset],
                         fleet=True).fl.rounds
     found = [(path.parent.parent.name.split("_", 1)[1], path.parent)
              for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json")
@@ -396,21 +447,16 @@ def main() -> None:
             if dataset == "gowalla":          # no test runs yet: the validation split's
                 first = sorted((HERE / "results" / "tuning").glob("gowalla_*/*/config.toml"))[0]
                 replace_block(readme, "gowalla-val-popularity", popularity_line(first))
+        if dataset == "lastfm" and (one_tier := one_tier_table()) is not None:
+            replace_block(readme, "lastfm-one-tier", one_tier)
         runs = load_runs(dataset)
-        # LastFM's fleets run as cohorts (2 SuperNodes): simulations/fleet_throughput/ compares
-        # them with bare Flower; Gowalla's older runs had one SuperNode per device
-        bare_path = HERE / "results" / f"bare_flower_{dataset}" / "metrics.json"
-        bare = (json.loads(bare_path.read_text())
-                if bare_path.exists() and dataset == "gowalla" else None)
         if not runs:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
-        replace_block(readme, f"{dataset}-fleet", fleet_table(dataset, runs, bare))
+        replace_block(readme, f"{dataset}-fleet", fleet_table(runs))
         replace_block(readme, f"{dataset}-curve", curve_table(dataset, runs))
-        # Gowalla's runs predate the converged fleets (issue 15): the earlier issue's targets
-        replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs)
-                      if dataset == "lastfm" else targets(runs))
-        replace_block(readme, f"{dataset}-popularity", popularity_reference(dataset, runs))
+        replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs))
+        replace_block(readme, f"{dataset}-popularity", popularity_line(first_config(runs)))
         for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
                              (f"{dataset}-cross-tier", cross_tier_table(dataset))):
             if table is not None:

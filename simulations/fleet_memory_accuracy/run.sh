@@ -22,20 +22,30 @@ for seed in 0 1; do
 done
 # Centralized references at each tier's memory, on the test split, seeds 0 and 1.
 python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1
-# Gowalla (the 5,000 busiest places; plain replies, as these results were measured before
-# secure summation; to be rerun at full scale)
-for method in sparserec sparserec_no_nmf dense; do
-  out="$here/results/gowalla_$method"
-  [ -f "$out/metrics.json" ] || fedsparse simulate configs/fleets/gowalla.toml \
-      --set sparse.method="$method" --set fl.privacy.training=plain --out "$out"
+# Diagnostic (the flagship tier's gap, README): the LastFM fleet with one tier, every device
+# given the flagship budget, on validation; and the centralized references on validation.
+for method in sparserec nested_dims; do
+  out="$here/results/diagnostics/lastfm_${method}_all_flagship_val"
+  if [ ! -f "$out/metrics.json" ]; then
+    fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
+        --set data.split=val --set fl.privacy.training=plain \
+        --set fl.tiers.wot.budget_bytes=1500000 --set fl.tiers.phone.budget_bytes=1500000 \
+        --set fl.tiers.wot.growth_topk=2 --out "$out"
+    rm -rf "$out/model.npz" "$out/checkpoint"
+  fi
 done
-for dataset in gowalla; do   # LastFM's cohorts against bare Flower: simulations/fleet_throughput/
-  run=$(ls -d "$here/results/${dataset}_sparserec"* | head -1)
-  read -r devices per_round < <(python -c "import json, pandas as pd; \
-print(json.load(open('$run/metrics.json'))['devices'], \
-      int(pd.read_csv('$run/history.csv')['sampled'].median()))")
-  [ -f "$here/results/bare_flower_$dataset/metrics.json" ] || \
-    python "$here/bare_flower.py" --devices "$devices" --per-round "$per_round" --rounds 5 \
-        --name "bare_flower_$dataset"
+python "$here/references.py" --dataset lastfm --split val --seeds 0
+# Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
+# seed 0, plain training replies (secure summation costs about 6 CPU-minutes a round here:
+# README), every method; then its centralized references.
+for method in sparserec nested_dims sparserec_no_nmf dense; do
+  out="$here/results/gowalla_${method}_seed0"
+  if [ ! -f "$out/metrics.json" ]; then
+    fedsparse simulate configs/fleets/gowalla_full.toml --set sparse.method="$method" \
+        --set fl.privacy.training=plain --out "$out"
+    python "$here/cross_tier.py" "$out"
+    rm -rf "$out/model.npz" "$out/checkpoint"
+  fi
 done
+python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/report.py"

@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-tune() {  # tune METHOD ROUNDS [KEY=VALUE ...]
+dataset=lastfm
+tune() {  # tune METHOD ROUNDS [KEY=VALUE ...], on $dataset
   local method=$1 rounds=$2; shift 2
   local name="rounds=$rounds" sets=()
   for assignment in "$@"; do name+="+${assignment#fl.}"; sets+=(--set "$assignment"); done
-  [ -f "simulations/fleet_memory_accuracy/results/tuning/lastfm_$method/$name/metrics.json" ] ||
-    python simulations/fleet_memory_accuracy/tune.py --method "$method" --rounds "$rounds" "${sets[@]}"
+  [ -f "simulations/fleet_memory_accuracy/results/tuning/${dataset}_$method/$name/metrics.json" ] ||
+    python simulations/fleet_memory_accuracy/tune.py --dataset "$dataset" --method "$method" \
+        --rounds "$rounds" "${sets[@]}"
 }
 # 1. The old recipe (fl.l2 = 1e-4, server_lr = 10), then L2 and the two step sizes, on dense FedAvg.
 tune dense 40
@@ -53,3 +55,15 @@ tune sparserec_no_nmf 40 fl.l2=0.01 fl.server_lr=3 fl.local_epochs=3
 for method in sparserec_no_nmf nested_dims; do
   tune "$method" 150 fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine
 done
+# 8. The server's step as per-entry Adam on the mean delta (fl.server_optimizer = "adam"), two
+#    step sizes, on federated SparseRec with the final schedule.
+for lr in 0.01 0.03; do
+  tune sparserec 100 fl.l2=0.01 fl.server_lr=$lr fl.lr_schedule=cosine fl.server_optimizer=adam
+done
+
+# Full Gowalla: the LastFM recipe with 10,000 devices a round and sampled NMF, then a larger
+# server step.
+dataset=gowalla
+gowalla=(fl.lr_schedule=cosine fl.clients_per_round=10000 fl.nmf_devices=3000 fl.nmf_rounds=10)
+tune sparserec 90 fl.l2=0.01 fl.server_lr=3 "${gowalla[@]}"
+tune sparserec 90 fl.l2=0.01 fl.server_lr=10 "${gowalla[@]}"
