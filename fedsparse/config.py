@@ -87,6 +87,8 @@ SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "s
                   "sparserec_no_accumulation", "sparserec_no_sampling", "mixed_dim", "pep")
 #: Methods of ``sparse.method`` only a fleet runs (``fedsparse.federated.methods``).
 FLEET_ONLY_METHODS = ("nested_dims",)
+#: The server's steps on a fleet's aggregated deltas (``fl.server_optimizer``).
+SERVER_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,7 +219,7 @@ class FleetConfig:
                              doc="negatives per positive, drawn once per round")
     server_lr: float = _option(10.0, low=0.0, open_low=True,
                                doc="step of the server on the aggregated per-entry delta")
-    server_optimizer: str = _option("sgd", choices=("sgd", "adam"),
+    server_optimizer: str = _option("sgd", choices=SERVER_OPTIMIZERS,
                                     doc="the server's step on each entry's mean delta: "
                                         "fl.server_lr times it (sgd), or per-entry Adam with "
                                         "the mean delta as its gradient (FedAdam: moments of "

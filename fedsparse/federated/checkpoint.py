@@ -4,8 +4,8 @@ In a simulation, after every round but the last, the server writes
 ``<out>/checkpoint/server.npz`` atomically (a temporary file, flushed, then renamed): the
 global item table, each tier's mask, the growth accumulator, the server step's moments, the
 round, the mask-update and skipped-round counters, the accounting ledger and the history so
-far, and the resolved config it belongs to. Random streams need no saved state: every draw is keyed by (seed, round,
-device, purpose), so the round number is the generators' state.
+far, and the resolved config it belongs to. Random streams need no saved state: every draw is
+keyed by (seed, round, device, purpose), so the round number is the generators' state.
 
 Each cohort of devices (those one SuperNode simulates; one device in a deployment) persists its
 devices' private state (user rows and Adam moments) after each round it trains, to

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from fedsparse.config import SERVER_OPTIMIZERS
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse.masks import mask_nnz, top_fraction_mask
 
@@ -109,8 +110,8 @@ class ServerStep:
     """
 
     def __init__(self, kind: str, size: int, lr: float, eps: float = 1e-3) -> None:
-        if kind not in ("sgd", "adam"):
-            raise ValueError(f"server optimizer {kind!r}: expected 'sgd' or 'adam'")
+        if kind not in SERVER_OPTIMIZERS:
+            raise ValueError(f"server optimizer {kind!r}: expected one of {SERVER_OPTIMIZERS}")
         self.kind, self.lr, self.eps = kind, lr, eps
         self.moments = ({"m": np.zeros(size), "v": np.zeros(size)} if kind == "adam" else {})
 
