@@ -295,15 +295,14 @@ def one_tier_table() -> str | None:
         method = path.name.removeprefix("lastfm_").removesuffix("_all_flagship_val")
         three = pd.read_csv(HERE / "results" / "tuning" / f"lastfm_{method}" / FINAL_SETTING /
                             "clients.csv")
-        one = pd.read_csv(path / "clients.csv").set_index("device_id")["recall@20"]
-        tested = three[three["n_test"] > 0]
-        for fleet, recall in (("three tiers", tested["recall@20"]),
-                              ("one tier, all flagship budget", one[tested["device_id"]].values)):
-            by_tier = pd.Series(np.asarray(recall), index=tested.index).groupby(
-                tested["tier"]).mean()
+        one = pd.read_csv(path / "clients.csv")[["device_id", "recall@20"]]
+        devices = three[three["n_test"] > 0].merge(one, on="device_id", suffixes=("", "_one"))
+        for fleet, column in (("three tiers", "recall@20"),
+                              ("one tier, all flagship budget", "recall@20_one")):
+            by_tier = devices.groupby("tier")[column].mean()
             rows.append({"method": METHODS[method], "fleet": fleet,
                          **{f"{tier} devices": by_tier[tier] for tier in TIERS},
-                         "all": float(np.mean(recall))})
+                         "all": devices[column].mean()})
     if not rows:
         return None
     return (pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") +
