@@ -103,9 +103,12 @@ def training_table(means: pd.DataFrame) -> str:
             row[_budget_label(budget, dense["train_bytes"])] = f"{run['recall']:.4f}{held}"
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
+    seeds = sorted(means["seeds"].unique())
+    seeds_note = (f"every cell a mean of {seeds[0]} seeds" if len(seeds) == 1 else
+                  f"cells are means of {seeds[0]} to {seeds[-1]} seeds: the grid is not complete")
     note = (f"\nDense float32 with Adam state: {_mib(dense['train_bytes'])}, Recall@20 "
             f"{dense['recall']:.4f}. A cell with \"held\" is a run whose training held more than "
-            f"the budget (its dense phase).")
+            f"the budget (its dense phase); {seeds_note}.")
     return table.to_markdown(index=False) + "\n" + note
 
 
@@ -229,10 +232,11 @@ def plot(grid: str, means: pd.DataFrame) -> None:
 
 def main() -> None:
     for grid in GRIDS:
+        if (HERE / "results" / grid / "val").exists():
+            replace_block(README, f"{grid}-tuning", tuning_table(grid))
         if not (HERE / "results" / grid / "test").exists():
             continue
         means = seed_means(load_runs(grid, "test"))
-        replace_block(README, f"{grid}-tuning", tuning_table(grid))
         replace_block(README, f"{grid}-training", training_table(means))
         replace_block(README, f"{grid}-inference", inference_table(means))
         replace_block(README, f"{grid}-targets", targets(means))
