@@ -2,7 +2,7 @@
 
 The budgets are the training bytes (values, index and Adam state, measured as
 ``fedsparse.sparse.table_bytes`` measures) that SparseRec's two tables hold at the densities
-``--densities`` (default 0.5, 0.2, 0.1, 0.05). Every method gets each budget as
+``DENSITIES`` (0.5, 0.2, 0.1, 0.05). Every method gets each budget as
 ``sparse.budget_bytes`` and solves its own shape against its own measured memory: a density
 (the sparse methods; ``magnitude`` and ``pep`` for their pruned model), a dimension
 (``dense``), block dimensions (``mixed_dim``). ``dense_full`` is the unconstrained dense model,
@@ -12,8 +12,9 @@ once per seed. Every run scores every value precision after training (``metrics.
 Tuning (``--split val``, seed 0, at the density-0.1 budget): each method tries the same number
 of settings, four of its own knob (``TUNING``), then two more on top of its best
 (``SECOND_STEP``); the test runs (``--split test``) take each method's best validation
-Recall@20. Runs whose ``metrics.json`` exists are skipped; ``model.npz`` is
-deleted after each run (a test checks that stored models re-evaluate to their metrics).
+Recall@20. Runs whose ``metrics.json`` exists are skipped, so an interrupted sweep resumes;
+``model.npz`` is deleted after each run (a test checks that stored models re-evaluate to their
+metrics). ``--jobs N`` runs N at a time (on 2 cores: 2, with ``--set train.threads=1``).
 
 Results: ``results/<grid>/<split>/<method>/<setting>/d<density>_s<seed>/``.
 
