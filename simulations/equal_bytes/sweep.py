@@ -25,6 +25,7 @@ Usage: python simulations/equal_bytes/sweep.py GRID --split val|test [--seeds 0 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import subprocess
@@ -34,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fedsparse.config import load_config
+from fedsparse.config import ExperimentConfig, load_config
 from fedsparse.data import load_dataset
 from fedsparse.sparse import mask_nnz, table_bytes
 
@@ -105,8 +106,14 @@ def override(grid: str, knob: str, value: float) -> str:
     factor of the grid's base config value (LastFM MF's L2 0.01 at 3.0: ``train.l2=0.03``)."""
     if knob not in RELATIVE:
         return f"{knob}={value}"
-    base = getattr(load_config(GRIDS[grid], []).train, knob.split(".")[1])
+    base = getattr(base_config(grid).train, knob.split(".")[1])
     return f"{knob}={value * base:g}"                 # 0.03, not 0.030000000000000002
+
+
+@functools.cache
+def base_config(grid: str) -> ExperimentConfig:
+    """The grid's config, as ``configs/centralized/<grid>.toml`` gives it (read once)."""
+    return load_config(GRIDS[grid], [])
 
 
 def tried_settings(grid: str, method: str) -> list[list[str]]:
@@ -134,7 +141,7 @@ def chosen_settings(grid: str) -> dict[str, list[str]]:
 def planned_runs(grid: str, split: str, seeds: list[int],
                  methods: list[str]) -> list[tuple[Path, list[str]]]:
     """(results directory, overrides) of every run of ``split``."""
-    cfg = load_config(GRIDS[grid], [])
+    cfg = base_config(grid)
     data = load_dataset(cfg.data.name)
     runs = []
     settings = ({m: tried_settings(grid, m) for m in TUNING} if split == "val" else

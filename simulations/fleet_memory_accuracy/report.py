@@ -421,8 +421,6 @@ def convergence_plot(dataset: str) -> None:
     figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
 
 
-
-
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
     """(method, run) of each method's tuning runs of at least the final config's rounds (its
     convergence runs, the final schedule's among them), in the order of :data:`METHODS`, then
