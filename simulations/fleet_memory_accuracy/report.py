@@ -405,16 +405,25 @@ def plot(dataset: str, runs: dict[str, dict]) -> None:
 
 
 def convergence_plot(dataset: str) -> None:
-    """Validation Recall@20 per evaluated round of the convergence runs
-    (:func:`convergence_runs`), one line per run."""
+    """Validation Recall@20 of the convergence runs (:func:`convergence_runs`), one line per
+    run, against the passes the devices have made over their data (runs with different
+    devices per round compare at equal device work)."""
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     for method, out in convergence_runs(dataset):
-        history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
-        schedule = ", cosine lr" if "lr_schedule=cosine" in out.name else ""
-        ax.plot(history["round"], history["recall@20"], "o-" if schedule else "o--", ms=3,
-                label=f"{METHODS[method]}, {int(history['round'].max())} rounds{schedule}")
-    ax.set_xlabel("round")
+        history = pd.read_csv(out / "history.csv")
+        cfg = load_config(out / "config.toml", fleet=True)
+        devices = json.loads((out / "metrics.json").read_text())["devices"]
+        passes = history["sampled"].cumsum() * cfg.fl.local_epochs / devices
+        evaluated = history["recall@20"].notna()
+        schedule = ", cosine lr" if cfg.fl.lr_schedule == "cosine" else ""
+        server = ("server Adam" if cfg.fl.server_optimizer == "adam" else "server step")
+        ax.plot(passes[evaluated], history["recall@20"][evaluated],
+                "o-" if schedule else "o--", ms=3,
+                label=f"{METHODS[method]}, {cfg.fl.rounds} rounds of "
+                      f"{int(history['sampled'].max())}, {server} {cfg.fl.server_lr:g}"
+                      f"{schedule}")
+    ax.set_xlabel("passes over the devices' data (device-rounds x local epochs / devices)")
     ax.set_ylabel("Recall@20 (validation)")
     ax.legend(fontsize=6)
     figure.tight_layout()
