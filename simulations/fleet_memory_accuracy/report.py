@@ -153,23 +153,30 @@ def tuning_table(dataset: str) -> str | None:
 
 
 def convergence_table(dataset: str) -> str | None:
-    """Each method's convergence run: validation Recall@20 at every evaluated round and
-    whether the last fifth gained less than :data:`CONVERGED_GAIN`."""
-    rows = []
+    """Each method's convergence runs: validation Recall@20 at every evaluated round and
+    whether the last fifth gained less than :data:`CONVERGED_GAIN`; one table per number of
+    devices a round (the runs in one table share their evaluated rounds), each after a line
+    naming it when there are several."""
+    groups: dict[int, list[dict]] = {}
     for method, out in convergence_runs(dataset):
         curve = _curve(out)
         gain, start = last_fifth_gain(curve)
-        rows.append({"method": METHODS[method], "setting": out.name.replace("+", ", "),
-                     **{f"r{r}": value for r, value in curve.items()},
-                     "gain, last fifth": gain, "from round": start,
-                     "converged": "yes" if gain < CONVERGED_GAIN else "no"})
-    if not rows:
-        return None
-    table = pd.DataFrame(rows)
-    rounds = sorted((c for c in table.columns if c[0] == "r" and c[1:].isdigit()),
-                    key=lambda c: int(c[1:]))
-    columns = ["method", "setting", *rounds, "gain, last fifth", "from round", "converged"]
-    return _blank_missing(table[columns]).to_markdown(index=False, floatfmt=".4f")
+        sampled = int(pd.read_csv(out / "history.csv")["sampled"].max())
+        groups.setdefault(sampled, []).append(
+            {"method": METHODS[method], "setting": out.name.replace("+", ", "),
+             **{f"r{r}": value for r, value in curve.items()},
+             "gain, last fifth": gain, "from round": start,
+             "converged": "yes" if gain < CONVERGED_GAIN else "no"})
+    tables = []
+    for sampled, rows in sorted(groups.items(), reverse=True):
+        table = pd.DataFrame(rows)
+        rounds = sorted((c for c in table.columns if c[0] == "r" and c[1:].isdigit()),
+                        key=lambda c: int(c[1:]))
+        columns = ["method", "setting", *rounds, "gain, last fifth", "from round", "converged"]
+        markdown = _blank_missing(table[columns]).to_markdown(index=False, floatfmt=".4f")
+        tables.append(markdown if len(groups) == 1
+                      else f"{sampled} devices a round:\n\n{markdown}")
+    return "\n\n".join(tables) if tables else None
 
 
 #: Fed SparseRec per tier against centralized SparseRec at the tier's density (issue 15).
