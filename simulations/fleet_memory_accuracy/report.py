@@ -424,7 +424,7 @@ def convergence_plot(dataset: str) -> None:
         passes = history["sampled"].cumsum() * cfg.fl.local_epochs / devices
         evaluated = history["recall@20"].notna()
         schedule = ", cosine lr" if cfg.fl.lr_schedule == "cosine" else ""
-        server = ("server Adam" if cfg.fl.server_optimizer == "adam" else "server step")
+        server = "server Adam" if cfg.fl.server_optimizer == "adam" else "server step"
         ax.plot(passes[evaluated], history["recall@20"][evaluated],
                 "o-" if schedule else "o--", ms=3,
                 label=f"{METHODS[method]}, {cfg.fl.rounds} rounds of "
