@@ -81,7 +81,7 @@ def tier_table(runs: dict[str, dict]) -> str:
 def fleet_table(runs: dict[str, dict]) -> str:
     rows = []
     for method, metrics in runs.items():
-        sampled = pd.read_csv(metrics["dirs"][0] / "history.csv")["sampled"]
+        sampled = _history(metrics["dirs"][0])["sampled"]
         # seconds of the first seed's run, which ran alone on the machine
         first = json.loads((metrics["dirs"][0] / "runtime.json").read_text())
         row = {"method": METHODS[method], "seeds": len(metrics["dirs"]),
@@ -114,9 +114,15 @@ TUNING_ROUNDS = (10, 20, 30, 40)
 CONVERGED_GAIN = 0.002
 
 
+@functools.cache
+def _history(out: Path) -> pd.DataFrame:
+    """A run's ``history.csv`` (read once; callers do not modify it)."""
+    return pd.read_csv(out / "history.csv")
+
+
 def _curve(out: Path) -> pd.Series:
     """Recall@20 by evaluated round of a run."""
-    history = pd.read_csv(out / "history.csv").dropna(subset=["recall@20"])
+    history = _history(out).dropna(subset=["recall@20"])
     return history.set_index(history["round"].astype(int))["recall@20"]
 
 
@@ -161,7 +167,7 @@ def convergence_table(dataset: str) -> str | None:
     for method, out in convergence_runs(dataset):
         curve = _curve(out)
         gain, start = last_fifth_gain(curve)
-        sampled = int(pd.read_csv(out / "history.csv")["sampled"].max())
+        sampled = int(_history(out)["sampled"].max())
         groups.setdefault(sampled, []).append(
             {"method": METHODS[method], "setting": out.name.replace("+", ", "),
              **{f"r{r}": value for r, value in curve.items()},
@@ -418,7 +424,7 @@ def convergence_plot(dataset: str) -> None:
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     for method, out in convergence_runs(dataset):
-        history = pd.read_csv(out / "history.csv")
+        history = _history(out)
         cfg = load_config(out / "config.toml", fleet=True)
         devices = json.loads((out / "metrics.json").read_text())["devices"]
         passes = history["sampled"].cumsum() * cfg.fl.local_epochs / devices
