@@ -33,7 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fedsparse.report.tables import replace_block  # noqa: E402
-from sweep import SECOND_STEP, TUNING  # noqa: E402  (this folder's sweep: the tuning plan)
+from sweep import setting_name, tuned_setting  # noqa: E402  (this folder's tuning plan)
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -78,15 +78,13 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
 
 def tuning_table(grid: str) -> str:
     """Every validation run: each method's tried settings and their Recall@20; a method's best
-    is marked chosen once all of its tuning runs (``sweep.py``'s two steps) are in."""
+    is marked chosen once both of its tuning steps ran (the setting ``sweep.py`` tests)."""
     runs = load_runs(grid, "val")
     runs = runs[runs["dtype"] == "float32"]
-    best = runs.groupby("method")["recall"].transform("max")
-    tried = runs.groupby("method")["setting"].transform("nunique")
-    complete = [n == len(TUNING[m]) + len(SECOND_STEP[m])
-                for m, n in zip(runs["method"], tried)]
-    shown = runs.assign(chosen=["yes" if r == b and done else ""
-                                for r, b, done in zip(runs["recall"], best, complete)])
+    tuned = {method: setting_name(setting) for method in runs["method"].unique()
+             if (setting := tuned_setting(grid, method)) is not None}
+    shown = runs.assign(chosen=["yes" if tuned.get(m) == s else ""
+                                for m, s in zip(runs["method"], runs["setting"])])
     return shown[["method", "setting", "budget", "recall", "ndcg", "chosen"]].rename(
         columns={"budget": "budget (B)", "recall": "val Recall@20", "ndcg": "val NDCG@20"}
     ).to_markdown(index=False, floatfmt=".4f")

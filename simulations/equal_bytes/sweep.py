@@ -126,12 +126,18 @@ def tried_settings(grid: str, method: str) -> list[list[str]]:
     return [*first_step, *second]
 
 
+def tuned_setting(grid: str, method: str) -> list[str] | None:
+    """A method's tuned setting: the best validation Recall@20 among all it tried, None until
+    both tuning steps ran."""
+    settings = tried_settings(grid, method)
+    return _best(grid, method, settings) if len(settings) > len(TUNING[method]) else None
+
+
 def chosen_settings(grid: str) -> dict[str, list[str]]:
-    """Each method's tuned setting: the best validation Recall@20 among all it tried."""
+    """Each method's tuned setting (:func:`tuned_setting`), for the test runs."""
     chosen = {}
     for method in TUNING:
-        settings = tried_settings(grid, method)
-        best = _best(grid, method, settings) if len(settings) > len(TUNING[method]) else None
+        best = tuned_setting(grid, method)
         if best is None:
             raise SystemExit(f"{grid}: {method} is not tuned yet; run --split val first")
         chosen[method] = best
