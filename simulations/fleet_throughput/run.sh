@@ -29,8 +29,8 @@ run lastfm_auto configs/fleets/lastfm.toml --set fl.rounds=10 --set fl.nmf_round
 run lastfm_one_per_node configs/fleets/lastfm.toml --set fl.rounds=3 --set fl.nmf_rounds=2 \
     --set fl.devices_per_node=1
 run gowalla_sampled configs/fleets/gowalla_full.toml --set fl.rounds=5 --set fl.nmf_rounds=1 \
-    --set fl.clients_per_round=3000 --set fl.eval_every=0
+    --set fl.clients_per_round=3000 --set fl.mask_interval=2 --set fl.eval_every=0
 run gowalla_all configs/fleets/gowalla_full.toml --set fl.rounds=1 --set fl.nmf_rounds=1 \
-    --set fl.clients_per_round=0
+    --set fl.clients_per_round=0 --set fl.mask_interval=2 --set fl.eval_every=10
 bare bare_flower_2 2
 bare bare_flower_1878 1878
