@@ -36,7 +36,7 @@ for method in sparserec nested_dims; do
 done
 python "$here/references.py" --dataset lastfm --split val --seeds 0
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
-# seed 0, plain training replies (secure summation costs about 6 CPU-minutes a round here:
+# seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
 # README), every method; then its centralized references.
 for method in sparserec nested_dims sparserec_no_nmf dense; do
   out="$here/results/gowalla_${method}_seed0"
