@@ -444,17 +444,16 @@ def convergence_plot(dataset: str) -> None:
 
 
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
-    """(method, run) of each method's tuning runs that make at least the final config's passes
-    over the devices' data (its convergence runs, the final schedule's among them, and runs of
-    the same device work in rounds of another size), in the order of :data:`METHODS`, then by
-    setting."""
+    """(method, run) of each method's tuning runs of at least the final config's device-rounds
+    (its convergence runs, the final schedule's among them, and runs of the same device work in
+    rounds of another size), in the order of :data:`METHODS`, then by setting."""
     final = load_config(HERE.parents[1] / "configs" / "fleets" / FLEETS[dataset],
                         fleet=True).fl
     found = []
     for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
         devices = json.loads(path.read_text())["devices"]
-        final_passes = final.rounds * (final.clients_per_round or devices) / devices
-        if _history(path.parent)["sampled"].sum() / devices >= final_passes:
+        if _history(path.parent)["sampled"].sum() >= final.rounds * (
+                final.clients_per_round or devices):
             found.append((path.parent.parent.name.split("_", 1)[1], path.parent))
     return sorted(found, key=lambda run: (list(METHODS).index(run[0]), run[1].name))
 
