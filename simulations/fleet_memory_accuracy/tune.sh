@@ -85,3 +85,8 @@ tune sparserec_no_nmf 900 fl.l2=0.01 fl.server_lr=3 "${smallest[@]}"
 tune sparserec 900 fl.l2=0.01 fl.server_lr=3 fl.lr=0.02 "${smallest[@]}"
 # Dense FedAvg at 1,000 devices a round.
 tune dense 900 fl.l2=0.01 fl.server_lr=3 "${smallest[@]}"
+# Twice the rounds at 1,000 devices a round (1,800: each device trains in about 60 rounds), the
+# cosine over the whole run, masks still every 21 rounds, evaluated every 180.
+longer=(fl.lr_schedule=cosine fl.clients_per_round=1000 fl.nmf_devices=3000 fl.nmf_rounds=10
+        fl.mask_interval=21 fl.eval_every=180)
+tune sparserec 1800 fl.l2=0.01 fl.server_lr=3 "${longer[@]}"
