@@ -2,7 +2,9 @@
 
 Reads ``results/<grid>/<split>/<method>/<setting>/d<density>_s<seed>/{config.toml,
 metrics.json}`` (``sweep.py``) and rewrites the generated blocks of this folder's README and
-``equal_bytes_<grid>.png``. Means are over seeds.
+``equal_bytes_<grid>.png``. Means are over seeds. The test tables read, per method and budget,
+the runs of the setting ``sweep.py`` chose on validation at that budget (its tuned setting
+where the grid's per-budget L2 step has not run yet, which the table's note says).
 
 Two comparisons, because a device that trains is bound by training memory and one that only
 ranks by inference memory:
@@ -33,7 +35,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fedsparse.report.tables import replace_block  # noqa: E402
-from sweep import setting_name, tuned_setting  # noqa: E402  (this folder's tuning plan)
+from sweep import (DENSITIES, TUNING, TUNING_DENSITY, budget_choice,  # noqa: E402
+                   budget_settings, setting_l2, setting_name, tried_settings, tuned_setting)
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -56,7 +59,7 @@ def load_runs(grid: str, split: str) -> pd.DataFrame:
         metrics = json.loads(metrics_file.read_text())
         base = {"method": run.parent.parent.name, "setting": run.parent.name,
                 "density": float(run.name.split("_")[0][1:]), "seed": config["seed"],
-                "budget": config["sparse"].get("budget_bytes", 0),
+                "budget": config["sparse"].get("budget_bytes", 0), "l2": config["train"]["l2"],
                 "train_bytes": metrics["train_bytes"],
                 "peak_train_bytes": metrics["peak_train_bytes"], "dim": metrics["dim"]}
         for dtype, scores in metrics["precisions"].items():
@@ -71,51 +74,107 @@ def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
     return (runs.groupby(keys, sort=False)
             .agg(seeds=("seed", "nunique"), budget=("budget", "first"),
                  train_bytes=("train_bytes", "mean"), peak_train_bytes=("peak_train_bytes", "max"),
-                 dim=("dim", "first"), recall=("recall", "mean"), ndcg=("ndcg", "mean"),
+                 dim=("dim", "first"), l2=("l2", "first"), recall=("recall", "mean"),
+                 ndcg=("ndcg", "mean"),
                  model_bytes=("model_bytes", "mean"))
             .reset_index())
 
 
 def tuning_table(grid: str) -> str:
-    """Every validation run: each method's tried settings and their Recall@20; a method's best
-    is marked chosen once both of its tuning steps ran (the setting ``sweep.py`` tests)."""
+    """The first two tuning steps (at the density-0.1 budget): each method's tried settings and
+    their validation Recall@20, its best marked tuned once both steps ran."""
     runs = load_runs(grid, "val")
-    runs = runs[runs["dtype"] == "float32"]
-    tuned = {method: setting_name(setting) for method in runs["method"].unique()
+    runs = runs[(runs["dtype"] == "float32") & (runs["density"] == TUNING_DENSITY)]
+    tried = {method: {setting_name(s) for s in tried_settings(grid, method)} for method in TUNING}
+    tuned = {method: setting_name(setting) for method in TUNING
              if (setting := tuned_setting(grid, method)) is not None}
-    shown = runs.assign(chosen=["yes" if tuned.get(m) == s else ""
-                                for m, s in zip(runs["method"], runs["setting"])])
-    return shown[["method", "setting", "budget", "recall", "ndcg", "chosen"]].rename(
+    runs = runs[[s in tried[m] for m, s in zip(runs["method"], runs["setting"])]]
+    shown = runs.assign(tuned=["yes" if tuned.get(m) == s else ""
+                               for m, s in zip(runs["method"], runs["setting"])])
+    return shown[["method", "setting", "budget", "recall", "ndcg", "tuned"]].rename(
         columns={"budget": "budget (B)", "recall": "val Recall@20", "ndcg": "val NDCG@20"}
     ).to_markdown(index=False, floatfmt=".4f")
 
 
-def training_table(means: pd.DataFrame) -> str:
-    """Rows: methods; columns: the budgets; cells: Recall@20 at float32, marked when the run
-    held more than the budget while training."""
+def budget_tuning_table(grid: str) -> str:
+    """The third tuning step: each method's tuned setting at its L2 and the two next on the
+    ladder, validation Recall@20 at every budget; the test runs' choice in bold."""
+    runs = load_runs(grid, "val")
+    runs = runs[runs["dtype"] == "float32"].set_index(["method", "setting", "density"])
+    rows = []
+    for method in TUNING:
+        settings = budget_settings(grid, method)
+        for overrides in settings or []:
+            row = {"method": method, "L2": f"{setting_l2(grid, overrides):g}"}
+            for density in DENSITIES:
+                key = (method, setting_name(overrides), density)
+                if key not in runs.index:
+                    continue
+                recall = f"{runs.loc[key, 'recall']:.4f}"
+                chosen = budget_choice(grid, method, density) == overrides
+                row[f"b{density:g} ({_mib(runs.loc[key, 'budget'])})"] = (
+                    f"**{recall}**" if chosen else recall)
+            rows.append(row)
+    if not rows:
+        return "Not run yet: it starts once a method's first two steps ran."
+    return pd.DataFrame(rows).fillna("").to_markdown(index=False)
+
+
+def test_setting(grid: str, method: str, density: float) -> tuple[str, bool]:
+    """The setting whose test runs stand for ``method`` at ``density``'s budget, and whether
+    it was chosen at that budget (False: the tuned setting, the per-budget step not run)."""
+    chosen = budget_choice(grid, method, density)
+    if chosen is not None:
+        return setting_name(chosen), True
+    tuned = tuned_setting(grid, method)
+    return ("" if tuned is None else setting_name(tuned)), False
+
+
+def test_runs(grid: str) -> tuple[pd.DataFrame, bool]:
+    """The test runs that stand for each method at each budget (:func:`test_setting`), and
+    whether every one of them was chosen at its budget."""
+    runs = load_runs(grid, "test")
+    keep = {(m, d): test_setting(grid, m, d) for m in TUNING for d in DENSITIES}
+    kept = [m == "dense_full" or keep[m, d][0] == s
+            for m, s, d in zip(runs["method"], runs["setting"], runs["density"])]
+    return runs[kept], all(per_budget for _, per_budget in keep.values())
+
+
+def training_table(grid: str, means: pd.DataFrame, per_budget: bool) -> str:
+    """Rows: methods, with their tuned setting; columns: the budgets; cells: Recall@20 at
+    float32, with the L2 where the budget's tuning chose another than the setting's, marked
+    when the run held more than the budget while training."""
     exact = means[means["dtype"] == "float32"]
     dense = exact[exact["method"] == "dense_full"].iloc[0]
     budgets = sorted(exact.loc[exact["method"] == "sparserec", "budget"].unique(), reverse=True)
     rows = []
     for method, group in exact[exact["method"] != "dense_full"].groupby("method", sort=False):
-        row = {"method": method, "setting": group["setting"].iloc[0]}
+        tuned = tuned_setting(grid, method)
+        tuned_l2 = setting_l2(grid, tuned)
+        row = {"method": method, "setting": setting_name(tuned)}
         for budget in budgets:
             cell = group[group["budget"] == budget]
             if cell.empty:
                 continue
             run = cell.iloc[0]
-            over = run["peak_train_bytes"] > budget
-            held = f" (held {_mib(run['peak_train_bytes'])})" if over else ""
-            row[_budget_label(budget, dense["train_bytes"])] = f"{run['recall']:.4f}{held}"
+            notes = [f"L2 {run['l2']:g}"] if run["l2"] != tuned_l2 else []
+            if run["peak_train_bytes"] > budget:
+                notes.append(f"held {_mib(run['peak_train_bytes'])}")
+            row[_budget_label(budget, dense["train_bytes"])] = (
+                f"{run['recall']:.4f}" + (f" ({'; '.join(notes)})" if notes else ""))
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
     seeds = sorted(means["seeds"].unique())
     seeds_note = ("every cell one seed" if seeds == [1] else
                   f"every cell a mean of {seeds[0]} seeds" if len(seeds) == 1 else
                   f"cells are means of {seeds[0]} to {seeds[-1]} seeds: the grid is not complete")
+    l2_note = ("each budget's runs use the L2 its own validation runs chose (a cell says the L2 "
+               "where it is not the setting's)" if per_budget else
+               "every budget's runs use the tuned setting (the per-budget L2 step has not run on "
+               "this grid)")
     note = (f"\nDense float32 with Adam state: {_mib(dense['train_bytes'])}, Recall@20 "
             f"{dense['recall']:.4f}. A cell with \"held\" is a run whose training held more than "
-            f"the budget (its dense phase); {seeds_note}.")
+            f"the budget (its dense phase); {l2_note}; {seeds_note}.")
     return table.to_markdown(index=False) + "\n" + note
 
 
@@ -245,10 +304,12 @@ def main() -> None:
     for grid in GRIDS:
         if (HERE / "results" / grid / "val").exists():
             replace_block(README, f"{grid}-tuning", tuning_table(grid))
+            replace_block(README, f"{grid}-budget-tuning", budget_tuning_table(grid))
         if not (HERE / "results" / grid / "test").exists():
             continue
-        means = seed_means(load_runs(grid, "test"))
-        replace_block(README, f"{grid}-training", training_table(means))
+        runs, per_budget = test_runs(grid)
+        means = seed_means(runs)
+        replace_block(README, f"{grid}-training", training_table(grid, means, per_budget))
         replace_block(README, f"{grid}-inference", inference_table(means))
         replace_block(README, f"{grid}-targets", targets(means))
         plot(grid, means)

@@ -9,10 +9,13 @@ The budgets are the training bytes (values, index and Adam state, measured as
 once per seed. Every run scores every value precision after training (``metrics.json``'s
 ``precisions``), which is what the inference-bytes comparison reads.
 
-Tuning (``--split val``, seed 0, at the density-0.1 budget): each method tries the same number
-of settings, four of its own knob (``TUNING``), then two more on top of its best
-(``SECOND_STEP``); the test runs (``--split test``) take each method's best validation
-Recall@20. Runs whose ``metrics.json`` exists are skipped, so an interrupted sweep resumes;
+Tuning (``--split val``, seed 0) has three steps, the same number of runs for every method: at
+the density-0.1 budget, four settings of the method's own knob (``TUNING``), then two more on
+top of the best (``SECOND_STEP``); then, at every budget, the best of those (its tuned setting)
+with its L2 and the L2's two neighbours on a 1-3-10 ladder (:func:`l2_ladder`), because the
+best L2 moves with the model's size. The test runs (``--split test``) take, at each budget,
+the best of those three on validation Recall@20 at that budget. Runs whose ``metrics.json``
+exists are skipped, so an interrupted sweep resumes;
 ``model.npz`` is deleted after each run (a test checks that stored models re-evaluate to their
 metrics). ``--jobs N`` runs N at a time (on 2 cores: 2, with ``--set train.threads=1``).
 
@@ -28,6 +31,7 @@ import argparse
 import functools
 import json
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -86,16 +90,24 @@ def setting_name(overrides: list[str]) -> str:
     return "+".join(o.split(".", 1)[1] for o in overrides) or "base"
 
 
-def _val_recall(grid: str, method: str, overrides: list[str]) -> float | None:
+def run_dir(grid: str, split: str, method: str, overrides: list[str], density: float,
+            seed: int) -> Path:
+    """Results directory of one run."""
+    return (HERE / "results" / grid / split / method / setting_name(overrides)
+            / f"d{density:g}_s{seed}")
+
+
+def _val_recall(grid: str, method: str, overrides: list[str], density: float) -> float | None:
     """Validation Recall@20 of one tuning run, None before it ran."""
-    metrics = (HERE / "results" / grid / "val" / method / setting_name(overrides)
-               / f"d{TUNING_DENSITY:g}_s0" / "metrics.json")
+    metrics = run_dir(grid, "val", method, overrides, density, 0) / "metrics.json"
     return json.loads(metrics.read_text())["recall@20"] if metrics.exists() else None
 
 
-def _best(grid: str, method: str, settings: list[list[str]]) -> list[str] | None:
-    """The best of ``settings`` on validation, None until all of them ran."""
-    scores = [_val_recall(grid, method, overrides) for overrides in settings]
+def _best(grid: str, method: str, settings: list[list[str]],
+          density: float = TUNING_DENSITY) -> list[str] | None:
+    """The best of ``settings`` on validation at ``density``'s budget, None until all of them
+    ran."""
+    scores = [_val_recall(grid, method, overrides, density) for overrides in settings]
     if None in scores:
         return None
     return settings[max(range(len(settings)), key=scores.__getitem__)]
@@ -133,14 +145,67 @@ def tuned_setting(grid: str, method: str) -> list[str] | None:
     return _best(grid, method, settings) if len(settings) > len(TUNING[method]) else None
 
 
-def chosen_settings(grid: str) -> dict[str, list[str]]:
-    """Each method's tuned setting (:func:`tuned_setting`), for the test runs."""
+def l2_ladder(l2: float) -> tuple[float, float, float]:
+    """``l2`` between its neighbours on the 1-3-10 ladder (0.1: 0.03, 0.1, 0.3; 0.03: 0.01,
+    0.03, 0.1).
+
+    Raises
+    ------
+    ValueError
+        ``l2`` is not on the ladder (one significant digit, a 1 or a 3).
+    """
+    digit, exponent = f"{l2:.0e}".split("e")
+    if digit not in ("1", "3") or not math.isclose(float(f"{l2:.0e}"), l2):
+        raise ValueError(f"L2 {l2:g} is not on the 1-3-10 ladder (1 or 3 times a power of 10)")
+    lower, upper = (0.3, 3.0) if digit == "1" else (1 / 3, 10 / 3)
+    return float(f"{l2 * lower:.0e}"), l2, float(f"{l2 * upper:.0e}")
+
+
+def setting_l2(grid: str, overrides: list[str]) -> float:
+    """The L2 a setting trains with: its ``train.l2`` override, else the grid's base L2."""
+    given = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("train.l2=")]
+    return given[-1] if given else base_config(grid).train.l2
+
+
+def with_l2(grid: str, overrides: list[str], l2: float) -> list[str]:
+    """``overrides`` with L2 ``l2``: the ``train.l2`` override replaced in place (appended when
+    there is none), dropped when ``l2`` is the grid's base L2, so that a setting tuning already
+    ran keeps its name (and its results)."""
+    others = [o for o in overrides if not o.startswith("train.l2=")]
+    if math.isclose(l2, base_config(grid).train.l2):
+        return others
+    l2_override = f"train.l2={l2:g}"
+    return ([l2_override if o.startswith("train.l2=") else o for o in overrides]
+            if len(others) < len(overrides) else [*overrides, l2_override])
+
+
+def budget_settings(grid: str, method: str) -> list[list[str]] | None:
+    """The third tuning step, run at every budget: a method's tuned setting with each L2 of
+    :func:`l2_ladder` around its own, None until the first two steps ran."""
+    tuned = tuned_setting(grid, method)
+    if tuned is None:
+        return None
+    return [with_l2(grid, tuned, l2) for l2 in l2_ladder(setting_l2(grid, tuned))]
+
+
+def budget_choice(grid: str, method: str, density: float) -> list[str] | None:
+    """The setting a method's test runs use at ``density``'s budget: the best of
+    :func:`budget_settings` on validation there, None until all three ran."""
+    settings = budget_settings(grid, method)
+    return None if settings is None else _best(grid, method, settings, density)
+
+
+def chosen_settings(grid: str) -> dict[tuple[str, float], list[str]]:
+    """Each method's setting at each budget density (:func:`budget_choice`), for the test
+    runs."""
     chosen = {}
     for method in TUNING:
-        best = tuned_setting(grid, method)
-        if best is None:
-            raise SystemExit(f"{grid}: {method} is not tuned yet; run --split val first")
-        chosen[method] = best
+        for density in DENSITIES:
+            best = budget_choice(grid, method, density)
+            if best is None:
+                raise SystemExit(f"{grid}: {method} is not tuned at density {density:g} yet; "
+                                 f"run --split val first")
+            chosen[method, density] = best
     return chosen
 
 
@@ -149,26 +214,27 @@ def planned_runs(grid: str, split: str, seeds: list[int],
     """(results directory, overrides) of every run of ``split``."""
     cfg = base_config(grid)
     data = load_dataset(cfg.data.name)
-    runs = []
-    settings = ({m: tried_settings(grid, m) for m in TUNING} if split == "val" else
-                {m: [s] for m, s in chosen_settings(grid).items()})
-    densities = [TUNING_DENSITY] if split == "val" else list(DENSITIES)
-    for seed in ([0] if split == "val" else seeds):
+    settings: list[tuple[str, list[str], float]] = []     # (method, overrides, density)
+    if split == "val":
         for method in methods:
-            base = [f"seed={seed}", f"data.split={split}"]
-            if method == "dense_full":
-                runs.append((HERE / "results" / grid / split / method / "base" / f"d1_s{seed}",
-                             [*base, "sparse.method=dense"]))
-                continue
-            for overrides in settings[method]:
-                for density in densities:
-                    budget = sparserec_budget(data.n_users, data.n_items, cfg.model.dim,
-                                              density)
-                    out = (HERE / "results" / grid / split / method / setting_name(overrides)
-                           / f"d{density:g}_s{seed}")
-                    runs.append((out, [*base, f"sparse.method={method}",
-                                       f"sparse.budget_bytes={budget}", *overrides]))
-    return runs
+            settings += [(method, s, TUNING_DENSITY) for s in tried_settings(grid, method)]
+            settings += [(method, s, density) for s in budget_settings(grid, method) or []
+                         for density in DENSITIES]
+    else:
+        chosen = chosen_settings(grid)
+        settings = [(method, chosen[method, density], density)
+                    for method in methods if method != "dense_full" for density in DENSITIES]
+    runs: dict[Path, list[str]] = {}                      # a setting two steps share runs once
+    for seed in ([0] if split == "val" else seeds):
+        base = [f"seed={seed}", f"data.split={split}"]
+        if "dense_full" in methods:
+            runs[run_dir(grid, split, "dense_full", [], 1, seed)] = [*base, "sparse.method=dense"]
+        for method, overrides, density in settings:
+            budget = sparserec_budget(data.n_users, data.n_items, cfg.model.dim, density)
+            runs.setdefault(run_dir(grid, split, method, overrides, density, seed),
+                            [*base, f"sparse.method={method}", f"sparse.budget_bytes={budget}",
+                             *overrides])
+    return list(runs.items())
 
 
 def main() -> int:
@@ -187,7 +253,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     methods = [m for m in args.methods if not (args.split == "val" and m == "dense_full")]
     start = time.perf_counter()
-    passes = 2 if args.split == "val" else 1   # the second tuning step needs the first's results
+    passes = 3 if args.split == "val" else 1   # each tuning step needs the one before
     for _ in range(passes):
         code = run_all(args, planned_runs(args.grid, args.split, args.seeds, methods), start)
         if code:
