@@ -154,8 +154,9 @@ def l2_ladder(l2: float) -> tuple[float, float, float]:
     ValueError
         ``l2`` is not on the ladder (one significant digit, a 1 or a 3).
     """
-    digit, exponent = f"{l2:.0e}".split("e")
-    if digit not in ("1", "3") or not math.isclose(float(f"{l2:.0e}"), l2):
+    rounded = f"{l2:.0e}"                                  # 0.03: "3e-02"
+    digit = rounded[0]
+    if digit not in ("1", "3") or not math.isclose(float(rounded), l2):
         raise ValueError(f"L2 {l2:g} is not on the 1-3-10 ladder (1 or 3 times a power of 10)")
     lower, upper = (0.3, 3.0) if digit == "1" else (1 / 3, 10 / 3)
     return float(f"{l2 * lower:.0e}"), l2, float(f"{l2 * upper:.0e}")
