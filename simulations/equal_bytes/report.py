@@ -4,7 +4,7 @@ Reads ``results/<grid>/<split>/<method>/<setting>/d<density>_s<seed>/{config.tom
 metrics.json}`` (``sweep.py``) and rewrites the generated blocks of this folder's README and
 ``equal_bytes_<grid>.png``. Means are over seeds. The test tables read, per method and budget,
 the runs of the setting ``sweep.py`` chose on validation at that budget (its tuned setting
-where the grid's per-budget L2 step has not run yet, which the table's note says).
+where that choice has no test runs yet, which the table's note says).
 
 Two comparisons, because a device that trains is bound by training memory and one that only
 ranks by inference memory:
@@ -104,6 +104,7 @@ def budget_tuning_table(grid: str) -> str:
     rows = []
     for method in TUNING:
         settings = budget_settings(grid, method)
+        choices = {density: budget_choice(grid, method, density) for density in DENSITIES}
         for overrides in settings or []:
             row = {"method": method, "L2": f"{setting_l2(grid, overrides):g}"}
             for density in DENSITIES:
@@ -111,7 +112,7 @@ def budget_tuning_table(grid: str) -> str:
                 if key not in runs.index:
                     continue
                 recall = f"{runs.loc[key, 'recall']:.4f}"
-                chosen = budget_choice(grid, method, density) == overrides
+                chosen = choices[density] == overrides
                 row[f"b{density:g} ({_mib(runs.loc[key, 'budget'])})"] = (
                     f"**{recall}**" if chosen else recall)
             rows.append(row)
@@ -120,24 +121,25 @@ def budget_tuning_table(grid: str) -> str:
     return pd.DataFrame(rows).fillna("").to_markdown(index=False)
 
 
-def test_setting(grid: str, method: str, density: float) -> tuple[str, bool]:
-    """The setting whose test runs stand for ``method`` at ``density``'s budget, and whether
-    it was chosen at that budget (False: the tuned setting, the per-budget step not run)."""
-    chosen = budget_choice(grid, method, density)
-    if chosen is not None:
-        return setting_name(chosen), True
-    tuned = tuned_setting(grid, method)
-    return ("" if tuned is None else setting_name(tuned)), False
-
-
 def test_runs(grid: str) -> tuple[pd.DataFrame, bool]:
-    """The test runs that stand for each method at each budget (:func:`test_setting`), and
-    whether every one of them was chosen at its budget."""
+    """The test runs that stand for each method at each budget: the setting ``sweep.py`` chose
+    on validation at that budget, or its tuned setting until that choice's test runs exist;
+    and whether every budget had its own choice's runs."""
     runs = load_runs(grid, "test")
-    keep = {(m, d): test_setting(grid, m, d) for m in TUNING for d in DENSITIES}
-    kept = [m == "dense_full" or keep[m, d][0] == s
+    ran = set(zip(runs["method"], runs["setting"], runs["density"]))
+    keep, per_budget = {}, True
+    for method in TUNING:
+        tuned = tuned_setting(grid, method)
+        for density in DENSITIES:
+            chosen = budget_choice(grid, method, density)
+            if chosen is not None and (method, setting_name(chosen), density) in ran:
+                keep[method, density] = setting_name(chosen)
+            else:
+                keep[method, density] = "" if tuned is None else setting_name(tuned)
+                per_budget = False
+    kept = [m == "dense_full" or keep[m, d] == s
             for m, s, d in zip(runs["method"], runs["setting"], runs["density"])]
-    return runs[kept], all(per_budget for _, per_budget in keep.values())
+    return runs[kept], per_budget
 
 
 def training_table(grid: str, means: pd.DataFrame, per_budget: bool) -> str:
@@ -170,8 +172,8 @@ def training_table(grid: str, means: pd.DataFrame, per_budget: bool) -> str:
                   f"cells are means of {seeds[0]} to {seeds[-1]} seeds: the grid is not complete")
     l2_note = ("each budget's runs use the L2 its own validation runs chose (a cell says the L2 "
                "where it is not the setting's)" if per_budget else
-               "every budget's runs use the tuned setting (the per-budget L2 step has not run on "
-               "this grid)")
+               "some budgets' runs use the tuned setting: the per-budget L2 choice has no test "
+               "runs there yet")
     note = (f"\nDense float32 with Adam state: {_mib(dense['train_bytes'])}, Recall@20 "
             f"{dense['recall']:.4f}. A cell with \"held\" is a run whose training held more than "
             f"the budget (its dense phase); {l2_note}; {seeds_note}.")
