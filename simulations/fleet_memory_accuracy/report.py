@@ -1,6 +1,7 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
+the same for the longer Gowalla runs under ``results/longer/`` (``run.sh``),
 ``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
 ``results/references/<dataset>_<split>/`` (``references.py``).
 """
@@ -29,18 +30,23 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
            "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
-def run_dirs(dataset: str, method: str) -> list[Path]:
-    """A method's finished runs on ``dataset``: ``results/<dataset>_<method>_seed<s>/``."""
+#: The longer Gowalla test runs (the recipe's schedule stretched to 1,800 rounds: run.sh).
+LONGER = HERE / "results" / "longer"
+
+
+def run_dirs(dataset: str, method: str, root: Path = HERE / "results") -> list[Path]:
+    """A method's finished runs on ``dataset``: ``<root>/<dataset>_<method>_seed<s>/``."""
     return [path.parent for path in
-            sorted((HERE / "results").glob(f"{dataset}_{method}_seed*/metrics.json"))]
+            sorted(root.glob(f"{dataset}_{method}_seed*/metrics.json"))]
 
 
-def load_runs(dataset: str) -> dict[str, dict]:
-    """metrics.json of each method's runs on ``dataset`` that exist: numbers averaged over the
-    seeds (first seed's for the rest), the seeds' directories under ``"dirs"``."""
+def load_runs(dataset: str, root: Path = HERE / "results") -> dict[str, dict]:
+    """metrics.json of each method's runs on ``dataset`` under ``root`` that exist: numbers
+    averaged over the seeds (first seed's for the rest), the seeds' directories under
+    ``"dirs"``."""
     runs = {}
     for method in METHODS:
-        dirs = run_dirs(dataset, method)
+        dirs = run_dirs(dataset, method, root)
         if not dirs:
             continue
         seeds = [json.loads((out / "metrics.json").read_text()) for out in dirs]
@@ -484,6 +490,12 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
+    if longer := load_runs("gowalla", LONGER):
+        replace_block(readme, "gowalla-longer-fleet", fleet_table(longer))
+        replace_block(readme, "gowalla-longer-curve", curve_table("gowalla", longer))
+        replace_block(readme, "gowalla-longer-targets", convergence_targets("gowalla", longer))
+        if (table := reference_table("gowalla", longer)) is not None:
+            replace_block(readme, "gowalla-longer-references", table)
 
 
 if __name__ == "__main__":
