@@ -38,25 +38,26 @@ python "$here/references.py" --dataset lastfm --split val --seeds 0
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
 # seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
 # README), every method; then its centralized references.
-for method in sparserec nested_dims sparserec_no_nmf dense; do
-  out="$here/results/gowalla_${method}_seed0"
+# gowalla_run OUT METHOD [--set ...]: one Gowalla fleet run into OUT unless it finished there,
+# its cross-tier ranking, then the model and checkpoints go.
+gowalla_run() {
+  local out=$1 method=$2
+  shift 2
   if [ ! -f "$out/metrics.json" ]; then
     fedsparse simulate configs/fleets/gowalla_full.toml --set sparse.method="$method" \
-        --set fl.privacy.training=plain --out "$out"
+        --set fl.privacy.training=plain "$@" --out "$out"
     python "$here/cross_tier.py" "$out"
     rm -rf "$out/model.npz" "$out/checkpoint"
   fi
+}
+for method in sparserec nested_dims sparserec_no_nmf dense; do
+  gowalla_run "$here/results/gowalla_${method}_seed0" "$method"
 done
 # The same recipe over 1,800 rounds (its cosine stretched, evaluated every 180 rounds), for
 # the methods tuned at 1,800 rounds on validation (tune.sh).
 for method in sparserec nested_dims; do
-  out="$here/results/longer/gowalla_${method}_seed0"
-  if [ ! -f "$out/metrics.json" ]; then
-    fedsparse simulate configs/fleets/gowalla_full.toml --set sparse.method="$method" \
-        --set fl.privacy.training=plain --set fl.rounds=1800 --set fl.eval_every=180 --out "$out"
-    python "$here/cross_tier.py" "$out"
-    rm -rf "$out/model.npz" "$out/checkpoint"
-  fi
+  gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" \
+      --set fl.rounds=1800 --set fl.eval_every=180
 done
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/report.py"
