@@ -98,7 +98,7 @@ tune sparserec 900 fl.l2=0.01 fl.server_lr=1 "${smallest[@]}"
 # The server's step as per-entry Adam (LastFM's better step, 0.03) at 1,000 devices a round: each
 # entry's step no longer scales with a mean delta that a few devices make.
 tune sparserec 900 fl.l2=0.01 fl.server_lr=0.03 fl.server_optimizer=adam "${smallest[@]}"
-# Server Adam ended level with the step 3 and nearer flat (+0.0030 over the last fifth against
+# Server Adam ended level with the step 3 and nearer flat (+0.0029 over the last fifth against
 # +0.0093): the same over 1,800 rounds, to see whether it converges there.
 tune sparserec 1800 fl.l2=0.01 fl.server_lr=0.03 fl.server_optimizer=adam "${longer[@]}"
 # Server Adam for nested dimensions too (900 rounds), the method SparseRec must beat per tier.
