@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from fedsparse.metrics import evaluate_embeddings, ndcg_at_k, recall_at_k
+from fedsparse.metrics.ranking import hits_in
 
 # Four users, five items; scores are the rows below (items get one-hot embeddings).
 SCORES = np.array([
@@ -57,3 +58,32 @@ def test_training_positives_are_never_recommended():
     test = sp.csr_matrix(np.array([[0, 1, 0]], dtype=np.float32))
     got = evaluate_embeddings(scores, np.eye(3), train, test, ks=(1,))
     assert got == {"recall@1": 1.0, "ndcg@1": 1.0}
+
+
+def test_matches_a_dense_reference_on_random_data():
+    # The brute-force protocol on dense arrays: mask the training positives, rank, look up.
+    rng = np.random.default_rng(0)
+    n_users, n_items, k = 40, 30, 5
+    users, items = rng.normal(size=(n_users, 4)), rng.normal(size=(n_items, 4))
+    train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
+    test_dense = (rng.random((n_users, n_items)) < 0.15) & (train.toarray() == 0)
+    test = sp.csr_matrix(test_dense.astype(np.float32))
+    scores = users @ items.T
+    scores[train.toarray() > 0] = -np.inf
+    recalls, ndcgs = [], []
+    for u in np.flatnonzero(test_dense.any(axis=1)):
+        hits = test_dense[u, np.argsort(-scores[u], kind="stable")[:k]][None, :]
+        n_relevant = np.array([test_dense[u].sum()])
+        recalls.append(recall_at_k(hits, n_relevant)[0])
+        ndcgs.append(ndcg_at_k(hits, n_relevant)[0])
+    got = evaluate_embeddings(users, items, train, test, ks=(k,), batch_size=7)
+    assert got[f"recall@{k}"] == pytest.approx(np.mean(recalls))
+    assert got[f"ndcg@{k}"] == pytest.approx(np.mean(ndcgs))
+
+
+def test_hits_ignore_stored_zeros_and_other_rows():
+    relevant = sp.csr_matrix((np.array([1.0, 0.0, 1.0]), np.array([2, 0, 1]), np.array([0, 2, 3])),
+                             shape=(2, 4))                  # row 0: item 2, stored zero at 0
+    top = np.array([[0, 2, 1], [2, 1, 3]])
+    np.testing.assert_array_equal(hits_in(top, relevant),
+                                  [[False, True, False], [False, True, False]])
