@@ -3,7 +3,8 @@
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the longer Gowalla runs under ``results/longer/`` (``run.sh``),
 ``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
-``results/references/<dataset>_<split>/`` (``references.py``).
+``results/references/<dataset>_<split>/`` (``references.py``) and
+``results/tier_mix/<dataset>_<split>/`` (``tier_mix.py``).
 """
 
 from __future__ import annotations
@@ -330,6 +331,49 @@ def one_tier_table() -> str | None:
             f"dense MF at its d_t {central.get('dense_mf_flagship', np.nan):.4f}.")
 
 
+#: tier_mix.py's variants, in the order the table lists them.
+TIER_MIX_VARIANTS = {
+    "tier_mix": "tier mix: each user trains its tier's entries (as the fleet)",
+    "straight_through": "tier mix, gradient to the densest mask (Top-KAST)",
+    **{f"straight_through_decay{factor}": f"tier mix, gradient to the densest mask, {factor} x L2 "
+       "outside the tier" for factor in (3, 10, 30)},
+    "one_tier": "one tier: every user at the densest tier's entries"}
+
+
+def tier_mix_table(dataset: str) -> str | None:
+    """Centralized MF under the fleet's tiers (``tier_mix.py``), one table per split run:
+    Recall@20 of each tier's users, mean over the seeds, and the densest tier's against the
+    one-tier model's. None before any run."""
+    parts = []
+    for split, title in (("val", "Validation split"), ("test", "Test split")):
+        found = sorted((HERE / "results" / "tier_mix" / f"{dataset}_{split}").glob("*.json"))
+        if not found:
+            continue
+        runs = pd.DataFrame([{"variant": result["variant"], "seed": result["seed"],
+                              "tier": tier, "recall": scores["recall@20"],
+                              "density": scores["density"]}
+                             for result in (json.loads(path.read_text()) for path in found)
+                             for tier, scores in result["tiers"].items()])
+        means = runs.pivot_table(index="variant", columns="tier", values="recall", sort=False)
+        densest = runs.loc[runs["density"].idxmax(), "tier"]
+        rows = []
+        for variant, label in TIER_MIX_VARIANTS.items():
+            if variant not in means.index:
+                continue
+            row = {"variant": label,
+                   "seeds": runs.loc[runs["variant"] == variant, "seed"].nunique(),
+                   **{f"{tier} users": means.loc[variant, tier] for tier in TIERS}}
+            if "one_tier" in means.index:
+                row[f"{densest} vs one tier"] = (means.loc[variant, densest]
+                                                 / means.loc["one_tier", densest])
+            rows.append(row)
+        densities = runs.groupby("tier")["density"].first()
+        parts.append(f"{title} (item densities "
+                     + ", ".join(f"{tier} {densities[tier]:.3f}" for tier in TIERS) + "):\n\n"
+                     + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+    return "\n\n".join(parts) or None
+
+
 def plain_reply_targets(runs: dict[str, dict]) -> list[str]:
     """The first fleet issue's targets, for runs with plain training replies (whose upload
     depends on the tier): SparseRec's upload against dense FedAvg's, and SparseRec against
@@ -477,6 +521,8 @@ def main() -> None:
                 replace_block(readme, "gowalla-val-popularity", popularity_line(first))
         if dataset == "lastfm" and (one_tier := one_tier_table()) is not None:
             replace_block(readme, "lastfm-one-tier", one_tier)
+        if (tier_mix := tier_mix_table(dataset)) is not None:
+            replace_block(readme, f"{dataset}-tier-mix", tier_mix)
         runs = load_runs(dataset)
         if not runs:
             continue

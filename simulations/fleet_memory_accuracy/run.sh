@@ -35,6 +35,13 @@ for method in sparserec nested_dims; do
   fi
 done
 python "$here/references.py" --dataset lastfm --split val --seeds 0
+# Diagnostic (the same question without federation): centralized MF under the fleet's tiers,
+# each user with its tier's item entries or every user with the densest tier's (tier_mix.py;
+# it skips the runs it has).
+python "$here/tier_mix.py" --dataset lastfm --split val --seeds 0 1
+python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0 \
+    --variants tier_mix one_tier straight_through_decay10
+python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants tier_mix one_tier
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
 # seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
 # README), every method; then its centralized references.
