@@ -31,13 +31,11 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
 
 
 def top_k_unseen(scores: Tensor, seen: sp.csr_matrix, k: int) -> Tensor:
-    """Indices of the ``k`` best items per row of ``scores`` (B, I), skipping ``seen`` (B, I)."""
-    return _top_k_unseen_(scores.clone(), seen, k)
+    """Indices of the ``k`` best items per row of ``scores`` (B, I), skipping ``seen`` (B, I).
 
-
-def _top_k_unseen_(scores: Tensor, seen: sp.csr_matrix, k: int) -> Tensor:
-    """:func:`top_k_unseen` that overwrites ``scores`` at the ``seen`` entries (a batch's
-    fresh scores need no copy: a copy of (B, I) cost a sixth of an evaluation)."""
+    ``scores`` is overwritten (-inf at the ``seen`` entries): pass a copy to keep it. A
+    batch's fresh scores need none, and a copy of (B, I) cost a sixth of an evaluation.
+    """
     rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))           # (nnz,)
     scores[torch.from_numpy(rows), torch.from_numpy(seen.indices.astype(np.int64))] = -torch.inf
     return torch.topk(scores, k, dim=1).indices                     # (B, k)
@@ -83,7 +81,7 @@ def evaluate_embeddings(user_emb: Tensor | np.ndarray, item_emb: Tensor | np.nda
         for start in range(0, len(evaluated), batch_size):
             batch = evaluated[start:start + batch_size]
             scores = users_t[torch.from_numpy(batch)] @ items_t.T              # (B, I)
-            top = _top_k_unseen_(scores, train[batch], max_k).numpy()          # (B, K)
+            top = top_k_unseen(scores, train[batch], max_k).numpy()            # (B, K)
             relevant = test[batch]
             hits = hits_in(top, relevant)                                       # (B, K)
             n_relevant = np.diff(relevant.indptr)
