@@ -14,14 +14,16 @@ scores use and which its gradient reaches:
 - ``straight_through_decayF``: the same with Top-KAST's extra L2 (F x the recipe's: 3, 10,
   30) on the entries outside the user's forward set;
 - ``one_tier``: every user scores and trains with the densest tier's entries (the fleet
-  where every device got the densest budget; what the per-tier centralized reference does).
+  where every device got the densest budget; as in the per-tier centralized reference, every
+  user trains every entry).
 
 Writes ``results/tier_mix/<dataset>_<split>/<variant>_seed<s>.json`` (per tier Recall@20,
 NDCG@20, users, density); ``report.py`` turns them into the README's table.
 
     python simulations/fleet_memory_accuracy/tier_mix.py --dataset lastfm --seeds 0 1
 
-Run it alone on the machine (one torch thread per run: ``--threads``).
+Its scores do not depend on what else runs on the machine, its seconds do (one torch thread
+by default: ``--threads``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -55,12 +58,11 @@ VARIANTS = {"tier_mix": (False, 0.0, False),
             **{f"straight_through_decay{factor}": (True, float(factor), False)
                for factor in (3, 10, 30)},
             "one_tier": (False, 0.0, True)}
-INIT_STD = 0.1
 
 logger = logging.getLogger("tier_mix")
 
 
-def tier_masks(train, densities: list[float], dim: int, iterations: int,
+def tier_masks(train: sp.csr_matrix, densities: list[float], dim: int, iterations: int,
                seed: int) -> Tensor:
     """(T, n_items, dim) float nested item masks, one per density (ascending)."""
     _, item_scores = nmf_scores(train, dim, iterations=iterations, seed=seed)
@@ -73,8 +75,9 @@ def run(dataset: str, split: str, variant: str, seed: int) -> dict:
     straight, extra_decay, one_tier = VARIANTS[variant]
     fleet = load_config(ROOT / "configs" / "fleets" / FLEETS[dataset],
                         [f"data.split={split}", f"seed={seed}"], fleet=True)
-    recipe = load_config(ROOT / "configs" / "centralized" / f"{dataset}_mf.toml",
-                         [f"data.split={split}", f"seed={seed}"]).train
+    centralized = load_config(ROOT / "configs" / "centralized" / f"{dataset}_mf.toml",
+                              [f"data.split={split}", f"seed={seed}"])
+    recipe, init_std = centralized.train, centralized.model.init_std
     data = load_dataset(fleet.data.name, split, fleet.data.max_items)
     plan = plan_fleet(fleet, data)
     dim = fleet.model.dim
@@ -86,8 +89,8 @@ def run(dataset: str, split: str, variant: str, seed: int) -> dict:
     forward_masks = top.expand_as(masks) if one_tier else masks
 
     init = generator_for(seed, 0, 0, "init")
-    user_values = (torch.randn(data.n_users, dim, generator=init) * INIT_STD).requires_grad_()
-    item_values = (torch.randn(data.n_items, dim, generator=init) * INIT_STD * top).requires_grad_()
+    user_values = (torch.randn(data.n_users, dim, generator=init) * init_std).requires_grad_()
+    item_values = (torch.randn(data.n_items, dim, generator=init) * init_std * top).requires_grad_()
     optimizer = torch.optim.Adam([user_values, item_values], lr=recipe.lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
                  if recipe.lr_schedule == "cosine" else None)
