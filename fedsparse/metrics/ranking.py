@@ -30,13 +30,18 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     return dcg / idcg
 
 
+def _entry_rows(matrix: sp.csr_matrix) -> np.ndarray:
+    """(nnz,) the row of each stored entry of ``matrix``, in storage order."""
+    return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+
+
 def top_k_unseen(scores: Tensor, seen: sp.csr_matrix, k: int) -> Tensor:
     """Indices of the ``k`` best items per row of ``scores`` (B, I), skipping ``seen`` (B, I).
 
     ``scores`` is overwritten (-inf at the ``seen`` entries): pass a copy to keep it. A
     batch's fresh scores need none, and a copy of (B, I) cost a sixth of an evaluation.
     """
-    rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))           # (nnz,)
+    rows = _entry_rows(seen)                                                    # (nnz,)
     scores[torch.from_numpy(rows), torch.from_numpy(seen.indices.astype(np.int64))] = -torch.inf
     return torch.topk(scores, k, dim=1).indices                     # (B, k)
 
@@ -49,7 +54,7 @@ def hits_in(top: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
     ``relevant``, which at tens of thousands of items cost more than the scoring.
     """
     n_items = relevant.shape[1]
-    rows = np.repeat(np.arange(relevant.shape[0]), np.diff(relevant.indptr))    # (nnz,)
+    rows = _entry_rows(relevant)                                                # (nnz,)
     positive = relevant.data > 0
     relevant_keys = rows[positive] * n_items + relevant.indices[positive]       # (R,)
     top_keys = np.arange(len(top))[:, None] * n_items + top                      # (B, K)

@@ -23,6 +23,7 @@ from fedsparse.federated.fleet import fleet_users
 from fedsparse.metrics.ranking import evaluate_embeddings
 from fedsparse.report.tables import replace_block
 from references import FLEETS  # this directory's references.py
+from tier_mix import VARIANTS, variant_label  # this directory's tier_mix.py
 
 HERE = Path(__file__).resolve().parent
 #: Below this Recall@20 on both sides a comparison says nothing (LastFM's fleets reach 0.09+).
@@ -331,15 +332,6 @@ def one_tier_table() -> str | None:
             f"dense MF at its d_t {central.get('dense_mf_flagship', np.nan):.4f}.")
 
 
-#: tier_mix.py's variants, in the order the table lists them.
-TIER_MIX_VARIANTS = {
-    "tier_mix": "tier mix: each user trains its tier's entries (as the fleet)",
-    "straight_through": "tier mix, gradient to the densest mask (Top-KAST)",
-    **{f"straight_through_decay{factor}": f"tier mix, gradient to the densest mask, {factor} x L2 "
-       "outside the tier" for factor in (3, 10, 30)},
-    "one_tier": "one tier: every user at the densest tier's entries"}
-
-
 def tier_mix_table(dataset: str) -> str | None:
     """Centralized MF under the fleet's tiers (``tier_mix.py``), one table per split run:
     Recall@20 of each tier's users, mean over the seeds, and the densest tier's against the
@@ -357,10 +349,8 @@ def tier_mix_table(dataset: str) -> str | None:
         means = runs.pivot_table(index="variant", columns="tier", values="recall", sort=False)
         densest = runs.loc[runs["density"].idxmax(), "tier"]
         rows = []
-        for variant, label in TIER_MIX_VARIANTS.items():
-            if variant not in means.index:
-                continue
-            row = {"variant": label,
+        for variant in (name for name in VARIANTS if name in means.index):
+            row = {"variant": variant_label(variant),
                    "seeds": runs.loc[runs["variant"] == variant, "seed"].nunique(),
                    **{f"{tier} users": means.loc[variant, tier] for tier in TIERS}}
             if "one_tier" in means.index:

@@ -59,6 +59,18 @@ VARIANTS = {"tier_mix": (False, 0.0, False),
                for factor in (3, 10, 30)},
             "one_tier": (False, 0.0, True)}
 
+
+def variant_label(variant: str) -> str:
+    """What a variant does, in words (the README table's rows)."""
+    straight, extra_decay, one_tier = VARIANTS[variant]
+    if one_tier:
+        return "one tier: every user at the densest tier's entries"
+    if not straight:
+        return "tier mix: each user trains its tier's entries (as the fleet)"
+    if not extra_decay:
+        return "tier mix, gradient to the densest mask (Top-KAST)"
+    return f"tier mix, gradient to the densest mask, {extra_decay:g} x L2 outside the tier"
+
 logger = logging.getLogger("tier_mix")
 
 
