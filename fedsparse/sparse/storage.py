@@ -301,6 +301,18 @@ class SparseEmbeddingTable(nn.Module):
         """
         return self.to_dense() if rows is None else self.gather(rows)
 
+    def _row_positions(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The storage positions (T,) int64 of the active entries of ``rows`` (B,) int64, row
+        by row in ascending column, and each row's count (B,) int64 (not for a prefix)."""
+        all_counts = self._all_counts()                                 # (n_rows,)
+        starts = (torch.cumsum(all_counts, 0) - all_counts)[rows]        # (B,)
+        counts = all_counts[rows]                                       # (B,)
+        total = int(counts.sum())
+        shift = starts - (torch.cumsum(counts, 0) - counts)             # (B,)
+        positions = (torch.arange(total, device=rows.device)
+                     + shift.repeat_interleave(counts, output_size=total))   # (T,)
+        return positions, counts
+
     def _row_entries(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The active entries of ``rows`` (B,): for each, its position in the batch, its
         column and its storage position, each (T,) int64, row by row in ascending column."""
@@ -310,16 +322,10 @@ class SparseEmbeddingTable(nn.Module):
             batch = torch.arange(len(rows), device=rows.device).repeat_interleave(width)  # (T,)
             cols = torch.arange(width, device=rows.device).repeat(len(rows))             # (T,)
             return batch, cols, rows[batch] * width + cols
-        all_counts = self._all_counts()                                 # (n_rows,)
-        starts = (torch.cumsum(all_counts, 0) - all_counts)[rows]        # (B,)
-        counts = all_counts[rows]                                       # (B,)
-        total = int(counts.sum())
-        shift = starts - (torch.cumsum(counts, 0) - counts)             # (B,)
-        positions = (torch.arange(total, device=rows.device)
-                     + shift.repeat_interleave(counts, output_size=total))   # (T,)
+        positions, counts = self._row_positions(rows)                   # (T,), (B,)
         if self.columns is not None:
             batch = torch.arange(len(rows), device=rows.device).repeat_interleave(
-                counts, output_size=total)                              # (T,)
+                counts, output_size=len(positions))                     # (T,)
             cols = self.columns[positions].long()                       # (T,)
         else:
             row_bits = _unpack_bits(self.bitmap[rows], self.dim)        # (B, dim)
@@ -330,10 +336,17 @@ class SparseEmbeddingTable(nn.Module):
         """Dense vectors of ``rows`` (B,) -> (B, dim), zero at inactive entries.
 
         Differentiable with respect to ``values``: only the active values of the gathered rows
-        receive gradient (accumulated over repeated rows).
+        receive gradient (accumulated over repeated rows). In the bitmap layout the rows'
+        unpacked bits place the values (``masked_scatter`` fills the True entries in row-major
+        order, the order of ``values``), about twice as fast as listing the entries first.
         """
-        batch, cols, positions = self._row_entries(rows)                # (T,) each
         out = torch.zeros(len(rows), self.dim, dtype=self.values.dtype, device=self.values.device)
+        if self.bitmap is not None:
+            rows = rows.long()
+            positions, _ = self._row_positions(rows)                    # (T,)
+            row_bits = _unpack_bits(self.bitmap[rows], self.dim)        # (B, dim)
+            return out.masked_scatter(row_bits, self.values[positions])  # (B, dim)
+        batch, cols, positions = self._row_entries(rows)                # (T,) each
         return out.index_put((batch, cols), self.values[positions])   # (B, dim)
 
     def row_mask(self, rows: Tensor) -> Tensor:

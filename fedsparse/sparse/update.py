@@ -45,7 +45,9 @@ class GradientAccumulator:
 
     It holds a dense (n_rows, dim) float32 buffer: a training buffer that lives only while the
     table trains (it is neither part of the sparse table nor sent anywhere), and is not counted
-    in the table's ``memory_bytes``.
+    in the table's ``memory_bytes``. The mask does not move between two resets (the caller
+    resets after each update), so the buffer sums |grad| at every entry of the rows it is
+    given and :meth:`scores` zeroes the active entries once, when they are read.
 
     Parameters
     ----------
@@ -58,8 +60,8 @@ class GradientAccumulator:
     def __init__(self, n_rows: int, dim: int, device: torch.device | str | None = None) -> None:
         self._sum = torch.zeros(n_rows, dim, dtype=torch.float32, device=device)
 
-    def add_rows(self, rows: Tensor, row_grad: Tensor, row_mask: Tensor) -> None:
-        """Add |row_grad| at the inactive entries of some rows (a row-sparse gradient).
+    def add_rows(self, rows: Tensor, row_grad: Tensor) -> None:
+        """Add |row_grad| of some rows (a row-sparse gradient).
 
         The same as adding the |grad| of a dense gradient that is ``row_grad`` on ``rows`` and
         zero elsewhere, when ``rows`` are distinct. A repeated row adds the |grad| of each of
@@ -71,20 +73,16 @@ class GradientAccumulator:
             (R,) int row ids.
         row_grad:
             (R, dim) gradient of those rows.
-        row_mask:
-            (R, dim) bool, True at the rows' active entries.
         """
-        expected = (rows.shape[0], self._sum.shape[1])
-        if rows.ndim != 1 or row_grad.shape != expected or row_mask.shape != expected:
-            raise ValueError(f"rows (R,), row_grad and row_mask (R, {self._sum.shape[1]}) "
-                             f"expected, got {tuple(rows.shape)}, {tuple(row_grad.shape)} and "
-                             f"{tuple(row_mask.shape)}")
-        scores = row_grad.detach().abs().float().masked_fill(row_mask, 0.0)    # (R, dim)
-        self._sum.index_put_((rows.long(),), scores, accumulate=True)
+        if rows.ndim != 1 or row_grad.shape != (rows.shape[0], self._sum.shape[1]):
+            raise ValueError(f"rows (R,) and row_grad (R, {self._sum.shape[1]}) expected, got "
+                             f"{tuple(rows.shape)} and {tuple(row_grad.shape)}")
+        self._sum.index_add_(0, rows.long(), row_grad.detach().abs().float())
 
-    def scores(self) -> Tensor:
-        """A copy of the (n_rows, dim) sums since the last :meth:`reset`."""
-        return self._sum.clone()
+    def scores(self, active: Tensor) -> Tensor:
+        """The (n_rows, dim) sums since the last :meth:`reset`, 0 at the ``active`` entries
+        ((n_rows, dim) bool, the mask since that reset): a new tensor."""
+        return self._sum.masked_fill(active, 0.0)
 
     def reset(self) -> None:
         """Zero the sums (after a mask update)."""

@@ -430,7 +430,7 @@ class DynamicSparsity:
             if step > self.end_step:
                 continue
             if self.method.grow == "accumulated":
-                self._accumulators[name].add_rows(rows, grad, self._masks[name][rows])
+                self._accumulators[name].add_rows(rows, grad)
             elif self.method.grow == "last":
                 self._last[name] = (rows, grad)
 
@@ -446,7 +446,7 @@ class DynamicSparsity:
         if self.method.grow == "random":
             return random_scores(shape, generator_for(self.seed, step, 0, f"grow-{name}"))
         if self.method.grow == "accumulated":
-            return self._accumulators[name].scores()
+            return self._accumulators[name].scores(self._masks[name])
         dense = torch.zeros(shape)
         rows, grad = self._last[name]                                       # (R,), (R, d)
         dense[rows] = grad
