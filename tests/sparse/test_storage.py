@@ -38,6 +38,11 @@ def test_gather_matches_dense(n_rows, dim, density, layout):
     rows = torch.randint(n_rows, (40,), generator=torch.Generator().manual_seed(dim))
     rows[:2] = torch.tensor([0, 1])
     torch.testing.assert_close(table.gather(rows).detach(), expected[rows])
+    # The gradient reaches the active values of the gathered rows, summed over repeats.
+    weights = torch.randn(len(rows), dim, generator=torch.Generator().manual_seed(n_rows))
+    (table.gather(rows) * weights).sum().backward()
+    dense_grad = torch.zeros(n_rows, dim).index_add_(0, rows, weights)          # (n_rows, dim)
+    torch.testing.assert_close(table.values.grad, dense_grad[torch.from_numpy(mask)])
     row_idx, col_idx = table.active_coordinates()
     assert mask[row_idx.numpy(), col_idx.numpy()].all()
     torch.testing.assert_close(table.values.detach(), torch.from_numpy(dense[row_idx, col_idx]))
