@@ -352,6 +352,8 @@ class SparseEmbeddingTable(nn.Module):
 
     def row_mask(self, rows: Tensor) -> Tensor:
         """(B, dim) bool, True at the active entries of ``rows`` (B,)."""
+        if self.bitmap is not None:
+            return _unpack_bits(self.bitmap[rows.long()], self.dim)     # (B, dim)
         batch, cols, _ = self._row_entries(rows)                        # (T,) each
         out = torch.zeros(len(rows), self.dim, dtype=torch.bool, device=self.values.device)
         out[batch, cols] = True

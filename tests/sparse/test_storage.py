@@ -38,6 +38,7 @@ def test_gather_matches_dense(n_rows, dim, density, layout):
     rows = torch.randint(n_rows, (40,), generator=torch.Generator().manual_seed(dim))
     rows[:2] = torch.tensor([0, 1])
     torch.testing.assert_close(table.gather(rows).detach(), expected[rows])
+    np.testing.assert_array_equal(table.row_mask(rows).numpy(), mask[rows.numpy()])
     # The gradient reaches the active values of the gathered rows, summed over repeats.
     weights = torch.randn(len(rows), dim, generator=torch.Generator().manual_seed(n_rows))
     (table.gather(rows) * weights).sum().backward()
