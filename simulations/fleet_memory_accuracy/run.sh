@@ -39,8 +39,7 @@ python "$here/references.py" --dataset lastfm --split val --seeds 0
 # each user with its tier's item entries or every user with the densest tier's (tier_mix.py;
 # it skips the runs it has).
 python "$here/tier_mix.py" --dataset lastfm --split val --seeds 0 1
-python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0 \
-    --variants tier_mix one_tier straight_through_decay10
+python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0
 python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants tier_mix one_tier
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
 # seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
