@@ -222,6 +222,26 @@ def inference_table(means: pd.DataFrame) -> str:
     return table.reset_index().to_markdown(index=False)
 
 
+def precision_table(means: pd.DataFrame) -> str:
+    """Every method at every budget and precision: the training bytes it held, and per
+    precision its Recall@20 and stored model bytes."""
+    dtypes = list(dict.fromkeys(means["dtype"]))
+    rows = []
+    for (method, density), group in means.groupby(["method", "density"], sort=False):
+        run = group.iloc[0]
+        row = {"method": method,
+               "budget": "d=64" if method == "dense_full" else f"b{density:g}",
+               "held while training": _mib(run["peak_train_bytes"])}
+        for dtype in dtypes:
+            cell = group[group["dtype"] == dtype]
+            if not cell.empty:
+                row[f"{dtype}: Recall@20 (MiB)"] = (f"{cell['recall'].iloc[0]:.4f} "
+                                                    f"({cell['model_bytes'].iloc[0] / 2**20:.2f})")
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["method", "budget"], ascending=[True, False])
+    return table.fillna("").to_markdown(index=False)
+
+
 def targets(means: pd.DataFrame) -> str:
     """The issue's two targets, each budget checked; misses with their gaps (provisional while
     a cell has fewer than :data:`TARGET_SEEDS` seeds)."""
@@ -313,6 +333,7 @@ def main() -> None:
         means = seed_means(runs)
         replace_block(README, f"{grid}-training", training_table(grid, means, per_budget))
         replace_block(README, f"{grid}-inference", inference_table(means))
+        replace_block(README, f"{grid}-precision", precision_table(means))
         replace_block(README, f"{grid}-targets", targets(means))
         plot(grid, means)
 
