@@ -1,7 +1,7 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
-the same for the longer Gowalla runs under ``results/longer/`` (``run.sh``),
+the same for the longer runs under ``results/longer/`` (``run.sh``),
 ``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
 ``results/references/<dataset>_<split>/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>/`` (``tier_mix.py``).
@@ -32,7 +32,8 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
            "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
-#: The longer Gowalla test runs (the recipe's schedule stretched to 1,800 rounds: run.sh).
+#: The longer test runs (the recipe's schedule stretched: LastFM to 150 rounds, Gowalla to
+#: 1,800; run.sh).
 LONGER = HERE / "results" / "longer"
 
 
@@ -526,12 +527,14 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    if longer := load_runs("gowalla", LONGER):
-        replace_block(readme, "gowalla-longer-fleet", fleet_table(longer))
-        replace_block(readme, "gowalla-longer-curve", curve_table("gowalla", longer))
-        replace_block(readme, "gowalla-longer-targets", convergence_targets("gowalla", longer))
-        if (table := reference_table("gowalla", longer)) is not None:
-            replace_block(readme, "gowalla-longer-references", table)
+    for dataset in ("lastfm", "gowalla"):
+        if longer := load_runs(dataset, LONGER):
+            replace_block(readme, f"{dataset}-longer-fleet", fleet_table(longer))
+            replace_block(readme, f"{dataset}-longer-curve", curve_table(dataset, longer))
+            replace_block(readme, f"{dataset}-longer-targets",
+                          convergence_targets(dataset, longer))
+            if (table := reference_table(dataset, longer)) is not None:
+                replace_block(readme, f"{dataset}-longer-references", table)
 
 
 if __name__ == "__main__":
