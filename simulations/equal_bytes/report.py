@@ -236,7 +236,7 @@ def precision_table(means: pd.DataFrame) -> str:
             cell = group[group["dtype"] == dtype]
             if not cell.empty:
                 row[f"{dtype}: Recall@20 (MiB)"] = (f"{cell['recall'].iloc[0]:.4f} "
-                                                    f"({cell['model_bytes'].iloc[0] / 2**20:.2f})")
+                                                    f"({cell['model_bytes'].iloc[0] / 2**20:.3g})")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["method", "budget"], ascending=[True, False])
     return table.fillna("").to_markdown(index=False)
