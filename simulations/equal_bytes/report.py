@@ -227,7 +227,8 @@ def precision_table(means: pd.DataFrame) -> str:
     precision its Recall@20 and stored model bytes."""
     dtypes = list(dict.fromkeys(means["dtype"]))
     rows = []
-    for (method, density), group in means.groupby(["method", "density"], sort=False):
+    ordered = means.sort_values(["method", "density"], ascending=[True, False])
+    for (method, density), group in ordered.groupby(["method", "density"], sort=False):
         run = group.iloc[0]
         row = {"method": method,
                "budget": "d=64" if method == "dense_full" else f"b{density:g}",
@@ -238,8 +239,7 @@ def precision_table(means: pd.DataFrame) -> str:
                 row[f"{dtype}: Recall@20 (MiB)"] = (f"{cell['recall'].iloc[0]:.4f} "
                                                     f"({cell['model_bytes'].iloc[0] / 2**20:.3g})")
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["method", "budget"], ascending=[True, False])
-    return table.fillna("").to_markdown(index=False)
+    return pd.DataFrame(rows).fillna("").to_markdown(index=False)
 
 
 def targets(means: pd.DataFrame) -> str:
