@@ -3,7 +3,9 @@ tier's item density (``configs/sparse/<dataset>_mf_sparserec.toml``, both tables
 density), dense MF at the tier's equal-bytes dimension (the ``nested_dims`` width d_t: the most
 leading dimensions whose values and Adam state fit the tier's budget with the same reserve;
 ``configs/centralized/<dataset>_mf.toml``) and full dense MF. Writes
-``results/references/<dataset>_<split>/<name>/`` (results directories without ``model.npz``).
+``results/references/<dataset>_<split>[_<tag>]/<name>/`` (results directories without
+``model.npz``); ``--set`` changes the fleet whose tiers are matched (its negatives change the
+growth buffer each budget holds, so the tiers' densities), ``--tag`` names such a variant.
 
     python simulations/fleet_memory_accuracy/references.py --dataset lastfm --split test
 
@@ -29,10 +31,12 @@ ROOT = HERE.parents[1]
 FLEETS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
 
 
-def reference_runs(dataset: str, split: str, seed: int) -> dict[str, tuple[Path, list[str]]]:
-    """Name -> (config, overrides) of every centralized reference for the fleet's tiers."""
+def reference_runs(dataset: str, split: str, seed: int,
+                   fleet_overrides: tuple[str, ...] = ()) -> dict[str, tuple[Path, list[str]]]:
+    """Name -> (config, overrides) of every centralized reference for the tiers of the fleet
+    (its config with ``fleet_overrides``)."""
     fleet = ROOT / "configs" / "fleets" / FLEETS[dataset]
-    chosen = [f"data.split={split}", f"seed={seed}"]
+    chosen = [*fleet_overrides, f"data.split={split}", f"seed={seed}"]
     cfg = load_config(fleet, chosen, fleet=True)
     data = load_dataset(cfg.data.name, cfg.data.split, cfg.data.max_items)
     sparse_plan = plan_fleet(cfg, data)
@@ -57,12 +61,18 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per run (0: torch's default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the fleet config whose tiers are matched")
+    parser.add_argument("--tag", default="", help="suffix of the results directory's name")
     args = parser.parse_args()
+    if args.set and not args.tag:
+        parser.error("--set changes the tiers matched: name the variant with --tag")
+    directory = f"{args.dataset}_{args.split}" + (f"_{args.tag}" if args.tag else "")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for seed in args.seeds:
-        for name, (config, overrides) in reference_runs(args.dataset, args.split, seed).items():
-            out = HERE / "results" / "references" / f"{args.dataset}_{args.split}" / \
-                f"{name}_seed{seed}"
+        for name, (config, overrides) in reference_runs(args.dataset, args.split, seed,
+                                                        tuple(args.set)).items():
+            out = HERE / "results" / "references" / directory / f"{name}_seed{seed}"
             if (out / "metrics.json").exists():
                 continue
             cfg = load_config(config, [*overrides, f"train.threads={args.threads}"])

@@ -1,9 +1,10 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
-the same for the longer runs under ``results/longer/`` (``run.sh``),
+the same for the longer and retuned runs under ``results/longer/`` and ``results/retuned/``
+(``run.sh``),
 ``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
-``results/references/<dataset>_<split>/`` (``references.py``) and
+``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>/`` (``tier_mix.py``).
 """
 
@@ -32,9 +33,13 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
            "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
-#: The longer test runs (the recipe's schedule stretched: LastFM to 150 rounds, Gowalla to
-#: 1,800; run.sh).
-LONGER = HERE / "results" / "longer"
+#: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
+#: directory and the tag of their centralized references (``references.py --tag``; "": the
+#: final config's tiers). The longer runs (the recipe's schedule stretched: LastFM to 150
+#: rounds, Gowalla to 1,800), and LastFM's 150-round runs of the recipe with the knobs of
+#: tune.sh step 9 retuned, whose fewer negatives give the tiers a little more density.
+EXTRA_RUNS = {"longer": (HERE / "results" / "longer", ""),
+              "retuned": (HERE / "results" / "retuned", "retuned")}
 
 
 def run_dirs(dataset: str, method: str, root: Path = HERE / "results") -> list[Path]:
@@ -204,21 +209,22 @@ POPULARITY_RATIO = {"gowalla": 1.5}
 PLAIN_REPLIES = ("gowalla",)
 
 
-def references(dataset: str, split: str = "test") -> dict[str, float]:
-    """Centralized references (``references.py``) on ``split``: name -> Recall@20, mean over
-    the seeds run."""
+def references(dataset: str, split: str = "test", tag: str = "") -> dict[str, float]:
+    """Centralized references (``references.py``, ``--tag tag`` if given) on ``split``:
+    name -> Recall@20, mean over the seeds run."""
     found: dict[str, list[float]] = {}
-    for path in sorted((HERE / "results" / "references" / f"{dataset}_{split}").glob(
+    directory = f"{dataset}_{split}" + (f"_{tag}" if tag else "")
+    for path in sorted((HERE / "results" / "references" / directory).glob(
             "*_seed*/metrics.json")):
         name = path.parent.name.rsplit("_seed", 1)[0]
         found.setdefault(name, []).append(json.loads(path.read_text())["recall@20"])
     return {name: float(np.mean(values)) for name, values in found.items()}
 
 
-def reference_table(dataset: str, runs: dict[str, dict]) -> str | None:
+def reference_table(dataset: str, runs: dict[str, dict], tag: str = "") -> str | None:
     """Per tier: each fleet method's Recall@20 beside the centralized references at the tier's
-    memory (None before any reference)."""
-    central = references(dataset)
+    memory (those tagged ``tag``; None before any reference)."""
+    central = references(dataset, tag=tag)
     if not central or "sparserec" not in runs:
         return None
     rows = []
@@ -239,10 +245,11 @@ def reference_table(dataset: str, runs: dict[str, dict]) -> str | None:
     return table.to_markdown(index=False, floatfmt=formats)
 
 
-def convergence_targets(dataset: str, runs: dict[str, dict]) -> str:
-    """Issue 15's targets, checked on the result files (and :func:`plain_reply_targets` for
-    the datasets whose runs have plain replies)."""
-    central, lines = references(dataset), []
+def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> str:
+    """Issue 15's targets, checked on the result files against the centralized references
+    tagged ``tag`` (and :func:`plain_reply_targets` for the datasets whose runs have plain
+    replies)."""
+    central, lines = references(dataset, tag=tag), []
     for method in ("sparserec", "sparserec_no_nmf", "nested_dims"):
         if method in runs:
             ok = runs[method]["within_budget"]
@@ -331,6 +338,34 @@ def one_tier_table() -> str | None:
             f"\n\nCentralized on the same validation split (every user), at the flagship tier's "
             f"memory: SparseRec MF at its density {central.get('sparserec_flagship', np.nan):.4f}, "
             f"dense MF at its d_t {central.get('dense_mf_flagship', np.nan):.4f}.")
+
+
+def knob_runs(method: str) -> list[Path]:
+    """LastFM tuning runs of ``method`` on the final recipe with one or more settings changed
+    (``tune.sh`` step 9), by setting."""
+    return sorted((HERE / "results" / "tuning" / f"lastfm_{method}").glob(
+        f"{FINAL_SETTING}+*/metrics.json"))
+
+
+def knob_table() -> str | None:
+    """LastFM on validation: each method on the final recipe and with settings changed (local
+    batch size, negatives, moved fraction, mask interval, NMF rounds), Recall@20 per
+    tier and over the fleet, the flagship tier's item density and the gain over the last
+    fifth of the rounds; None before any such run."""
+    rows = []
+    for method in METHODS:
+        recipe = HERE / "results" / "tuning" / f"lastfm_{method}" / FINAL_SETTING / "metrics.json"
+        for path in [recipe, *knob_runs(method)] if recipe.exists() else []:
+            metrics = json.loads(path.read_text())
+            changed = path.parent.name.removeprefix(FINAL_SETTING).removeprefix("+")
+            rows.append({"method": METHODS[method], "changed": changed or "(the recipe)",
+                         **{tier: metrics["tiers"][tier]["recall@20"] for tier in TIERS},
+                         "all": metrics["recall@20"],
+                         "flagship density": metrics["tiers"]["flagship"]["density"],
+                         "gain, last fifth": last_fifth_gain(_curve(path.parent))[0]})
+    if len(rows) <= len(METHODS):
+        return None
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
 
 
 def tier_mix_table(dataset: str) -> str | None:
@@ -487,13 +522,15 @@ def convergence_plot(dataset: str) -> None:
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
     """(method, run) of each method's tuning runs of at least the final config's device-rounds
     (its convergence runs, the final schedule's among them, and runs of the same device work in
-    rounds of another size), in the order of :data:`METHODS`, then by setting."""
+    rounds of another size; not the final recipe with settings changed, which
+    :func:`knob_table` tables), in the order of :data:`METHODS`, then by setting."""
     final = load_config(HERE.parents[1] / "configs" / "fleets" / FLEETS[dataset],
                         fleet=True).fl
     found = []
     for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
         devices = json.loads(path.read_text())["devices"]
-        if _history(path.parent)["sampled"].sum() >= final.rounds * (
+        is_knob = path.parent.name.startswith(f"{FINAL_SETTING}+")
+        if not is_knob and _history(path.parent)["sampled"].sum() >= final.rounds * (
                 final.clients_per_round or devices):
             found.append((path.parent.parent.name.split("_", 1)[1], path.parent))
     return sorted(found, key=lambda run: (list(METHODS).index(run[0]), run[1].name))
@@ -512,6 +549,8 @@ def main() -> None:
                 replace_block(readme, "gowalla-val-popularity", popularity_line(first))
         if dataset == "lastfm" and (one_tier := one_tier_table()) is not None:
             replace_block(readme, "lastfm-one-tier", one_tier)
+        if dataset == "lastfm" and (knobs := knob_table()) is not None:
+            replace_block(readme, "lastfm-knobs", knobs)
         if (tier_mix := tier_mix_table(dataset)) is not None:
             replace_block(readme, f"{dataset}-tier-mix", tier_mix)
         runs = load_runs(dataset)
@@ -527,14 +566,16 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    for dataset in ("lastfm", "gowalla"):
-        if longer := load_runs(dataset, LONGER):
-            replace_block(readme, f"{dataset}-longer-fleet", fleet_table(longer))
-            replace_block(readme, f"{dataset}-longer-curve", curve_table(dataset, longer))
-            replace_block(readme, f"{dataset}-longer-targets",
-                          convergence_targets(dataset, longer))
-            if (table := reference_table(dataset, longer)) is not None:
-                replace_block(readme, f"{dataset}-longer-references", table)
+    for label, (root, tag) in EXTRA_RUNS.items():
+        for dataset in ("lastfm", "gowalla"):
+            if extra := load_runs(dataset, root):
+                block = f"{dataset}-{label}"
+                replace_block(readme, f"{block}-fleet", fleet_table(extra))
+                replace_block(readme, f"{block}-curve", curve_table(dataset, extra))
+                replace_block(readme, f"{block}-targets",
+                              convergence_targets(dataset, extra, tag))
+                if (table := reference_table(dataset, extra, tag)) is not None:
+                    replace_block(readme, f"{block}-references", table)
 
 
 if __name__ == "__main__":

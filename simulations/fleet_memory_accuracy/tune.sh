@@ -60,6 +60,36 @@ done
 for lr in 0.01 0.03; do
   tune sparserec 100 fl.l2=0.01 fl.server_lr=$lr fl.lr_schedule=cosine fl.server_optimizer=adam
 done
+# 9. The knobs the recipe had not varied, one at a time on the final recipe (100 rounds, cosine):
+#    local batch size and negatives per positive for every method; moved fraction and mask
+#    interval for the two DST methods; NMF rounds for federated SparseRec.
+final=(fl.l2=0.01 fl.server_lr=3 fl.lr_schedule=cosine)
+for method in sparserec nested_dims; do tune "$method" 100 "${final[@]}" fl.batch_size=16; done
+for method in sparserec nested_dims; do tune "$method" 100 "${final[@]}" fl.negatives=8; done
+for method in sparserec nested_dims; do tune "$method" 100 "${final[@]}" fl.batch_size=4; done
+for method in sparserec nested_dims; do tune "$method" 100 "${final[@]}" fl.negatives=2; done
+tune sparserec 100 "${final[@]}" sparse.initial_fraction=0.1
+tune sparserec 100 "${final[@]}" sparse.initial_fraction=0.5
+tune sparserec 100 "${final[@]}" fl.mask_interval=5
+tune sparserec 100 "${final[@]}" fl.nmf_rounds=30
+for method in sparserec_no_nmf dense; do
+  for knob in fl.batch_size=16 fl.negatives=8 fl.batch_size=4 fl.negatives=2; do
+    tune "$method" 100 "${final[@]}" "$knob"
+  done
+done
+for knob in sparse.initial_fraction=0.1 sparse.initial_fraction=0.5 fl.mask_interval=5; do
+  tune sparserec_no_nmf 100 "${final[@]}" "$knob"
+done
+#    Then the two best single changes together, every method; with moved fraction 0.1 on the DST
+#    methods; with 30 NMF iterations on federated SparseRec.
+for method in sparserec nested_dims sparserec_no_nmf dense; do
+  tune "$method" 100 "${final[@]}" fl.batch_size=4 fl.negatives=2
+done
+for method in sparserec sparserec_no_nmf; do
+  tune "$method" 100 "${final[@]}" fl.batch_size=4 fl.negatives=2 sparse.initial_fraction=0.1
+done
+tune sparserec 100 "${final[@]}" fl.batch_size=4 fl.negatives=2 sparse.initial_fraction=0.1 \
+    fl.nmf_rounds=30
 
 # Full Gowalla: the LastFM recipe with 10,000 devices a round and sampled NMF, then a larger
 # server step.
