@@ -36,7 +36,7 @@ done
 # 2 negatives per positive, moved fraction 0.1): README, "LastFM: the retuned knobs over 150
 # rounds".
 for seed in 0 1; do
-  for method in sparserec nested_dims sparserec_no_nmf; do
+  for method in sparserec nested_dims sparserec_no_nmf dense; do
     out="$here/results/retuned/lastfm_${method}_seed$seed"
     if [ ! -f "$out/metrics.json" ]; then
       fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
