@@ -31,6 +31,11 @@ ROOT = HERE.parents[1]
 FLEETS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
 
 
+def results_dir(dataset: str, split: str, tag: str = "") -> Path:
+    """Where the references of ``dataset`` on ``split`` (``--tag tag`` if given) are written."""
+    return HERE / "results" / "references" / (f"{dataset}_{split}" + (f"_{tag}" if tag else ""))
+
+
 def reference_runs(dataset: str, split: str, seed: int,
                    fleet_overrides: tuple[str, ...] = ()) -> dict[str, tuple[Path, list[str]]]:
     """Name -> (config, overrides) of every centralized reference for the tiers of the fleet
@@ -67,12 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.set and not args.tag:
         parser.error("--set changes the tiers matched: name the variant with --tag")
-    directory = f"{args.dataset}_{args.split}" + (f"_{args.tag}" if args.tag else "")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for seed in args.seeds:
         for name, (config, overrides) in reference_runs(args.dataset, args.split, seed,
                                                         tuple(args.set)).items():
-            out = HERE / "results" / "references" / directory / f"{name}_seed{seed}"
+            out = results_dir(args.dataset, args.split, args.tag) / f"{name}_seed{seed}"
             if (out / "metrics.json").exists():
                 continue
             cfg = load_config(config, [*overrides, f"train.threads={args.threads}"])

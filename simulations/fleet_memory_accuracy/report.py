@@ -23,7 +23,7 @@ from fedsparse.data import load_dataset
 from fedsparse.federated.fleet import fleet_users
 from fedsparse.metrics.ranking import evaluate_embeddings
 from fedsparse.report.tables import replace_block
-from references import FLEETS  # this directory's references.py
+from references import FLEETS, results_dir  # this directory's references.py
 from tier_mix import VARIANTS, variant_label  # this directory's tier_mix.py
 
 HERE = Path(__file__).resolve().parent
@@ -213,9 +213,7 @@ def references(dataset: str, split: str = "test", tag: str = "") -> dict[str, fl
     """Centralized references (``references.py``, ``--tag tag`` if given) on ``split``:
     name -> Recall@20, mean over the seeds run."""
     found: dict[str, list[float]] = {}
-    directory = f"{dataset}_{split}" + (f"_{tag}" if tag else "")
-    for path in sorted((HERE / "results" / "references" / directory).glob(
-            "*_seed*/metrics.json")):
+    for path in sorted(results_dir(dataset, split, tag).glob("*_seed*/metrics.json")):
         name = path.parent.name.rsplit("_seed", 1)[0]
         found.setdefault(name, []).append(json.loads(path.read_text())["recall@20"])
     return {name: float(np.mean(values)) for name, values in found.items()}
@@ -340,13 +338,6 @@ def one_tier_table() -> str | None:
             f"dense MF at its d_t {central.get('dense_mf_flagship', np.nan):.4f}.")
 
 
-def knob_runs(method: str) -> list[Path]:
-    """LastFM tuning runs of ``method`` on the final recipe with one or more settings changed
-    (``tune.sh`` step 9), by setting."""
-    return sorted((HERE / "results" / "tuning" / f"lastfm_{method}").glob(
-        f"{FINAL_SETTING}+*/metrics.json"))
-
-
 def knob_table() -> str | None:
     """LastFM on validation: each method on the final recipe and with settings changed (local
     batch size, negatives, moved fraction, mask interval, NMF rounds), Recall@20 per
@@ -354,8 +345,10 @@ def knob_table() -> str | None:
     fifth of the rounds; None before any such run."""
     rows = []
     for method in METHODS:
-        recipe = HERE / "results" / "tuning" / f"lastfm_{method}" / FINAL_SETTING / "metrics.json"
-        for path in [recipe, *knob_runs(method)] if recipe.exists() else []:
+        runs = HERE / "results" / "tuning" / f"lastfm_{method}"
+        recipe = runs / FINAL_SETTING / "metrics.json"
+        changed_runs = sorted(runs.glob(f"{FINAL_SETTING}+*/metrics.json"))  # tune.sh step 9
+        for path in [recipe, *changed_runs] if recipe.exists() else []:
             metrics = json.loads(path.read_text())
             changed = path.parent.name.removeprefix(FINAL_SETTING).removeprefix("+")
             rows.append({"method": METHODS[method], "changed": changed or "(the recipe)",

@@ -20,38 +20,40 @@ for seed in 0 1; do
     fi
   done
 done
-# The same recipe over 150 rounds (its cosine stretched), for the methods whose validation
-# runs gained from 150 rounds with the decay (tune.sh): README, "LastFM: 150 rounds".
+# lastfm_run OUT METHOD SEED [--set ...]: one LastFM fleet run into OUT unless it finished
+# there, then the model and checkpoints go.
+lastfm_run() {
+  local out=$1 method=$2 seed=$3
+  shift 3
+  if [ ! -f "$out/metrics.json" ]; then
+    fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
+        --set seed="$seed" "$@" --out "$out"
+    rm -rf "$out/model.npz" "$out/checkpoint"
+  fi
+}
+# The knobs tune.sh step 9 retuned on validation (local batch size 4, 2 negatives per positive,
+# moved fraction 0.1).
+retuned=(--set fl.batch_size=4 --set fl.negatives=2 --set sparse.initial_fraction=0.1)
 for seed in 0 1; do
+  # The same recipe over 150 rounds (its cosine stretched), for the methods whose validation
+  # runs gained from 150 rounds with the decay (tune.sh): README, "LastFM: 150 rounds".
   for method in sparserec nested_dims sparserec_no_nmf; do
-    out="$here/results/longer/lastfm_${method}_seed$seed"
-    if [ ! -f "$out/metrics.json" ]; then
-      fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
-          --set seed="$seed" --set fl.rounds=150 --out "$out"
-      rm -rf "$out/model.npz" "$out/checkpoint"
-    fi
+    lastfm_run "$here/results/longer/lastfm_${method}_seed$seed" "$method" "$seed" \
+        --set fl.rounds=150
   done
-done
-# The same 150 rounds with the knobs tune.sh step 9 retuned on validation (local batch size 4,
-# 2 negatives per positive, moved fraction 0.1): README, "LastFM: the retuned knobs over 150
-# rounds".
-for seed in 0 1; do
+  # The same 150 rounds with the retuned knobs: README, "LastFM: the retuned knobs over 150
+  # rounds".
   for method in sparserec nested_dims sparserec_no_nmf dense; do
-    out="$here/results/retuned/lastfm_${method}_seed$seed"
-    if [ ! -f "$out/metrics.json" ]; then
-      fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
-          --set seed="$seed" --set fl.rounds=150 --set fl.batch_size=4 --set fl.negatives=2 \
-          --set sparse.initial_fraction=0.1 --out "$out"
-      rm -rf "$out/model.npz" "$out/checkpoint"
-    fi
+    lastfm_run "$here/results/retuned/lastfm_${method}_seed$seed" "$method" "$seed" \
+        --set fl.rounds=150 "${retuned[@]}"
   done
 done
 # Centralized references at each tier's memory, on the test split, seeds 0 and 1.
 python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1
 # And at the memory of the retuned runs' tiers (2 negatives: a smaller growth buffer, a little
 # more density per budget).
-python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --set fl.negatives=2 \
-    --set fl.batch_size=4 --set sparse.initial_fraction=0.1 --tag retuned
+python "$here/references.py" --dataset lastfm --split test --seeds 0 1 "${retuned[@]}" \
+    --tag retuned
 # Diagnostic (the flagship tier's gap, README): the LastFM fleet with one tier, every device
 # given the flagship budget, on validation; and the centralized references on validation.
 for method in sparserec nested_dims; do
