@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsparse.config import load_config
 from fedsparse.report.tables import replace_block
 
 HERE = Path(__file__).resolve().parent
 RUNS = {"crash_0": "no faults", "crash_0.1": "crash 0.1 / round", "crash_0.3": "crash 0.3 / round",
-        "crash_0.5": "crash 0.5 / round", "stragglers": "stragglers, 0.3 s deadline"}
+        "crash_0.5": "crash 0.5 / round", "stragglers": "stragglers, {deadline:g} s deadline"}
 
 
 def table() -> tuple[str, str]:
@@ -23,6 +24,8 @@ def table() -> tuple[str, str]:
             continue
         metrics = json.loads((out / "metrics.json").read_text())
         history = pd.read_csv(out / "history.csv")
+        deadline = load_config(out / "config.toml", fleet=True).fl.deadline_seconds
+        label = label.format(deadline=deadline)
         recall = metrics["recall@20"]
         baseline = recall if name == "crash_0" else baseline
         rows.append({"faults": label, "rounds": len(history),

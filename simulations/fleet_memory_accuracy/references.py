@@ -31,9 +31,23 @@ ROOT = HERE.parents[1]
 FLEETS = {"lastfm": "lastfm.toml", "gowalla": "gowalla_full.toml"}
 
 
-def results_dir(dataset: str, split: str, tag: str = "") -> Path:
-    """Where the references of ``dataset`` on ``split`` (``--tag tag`` if given) are written."""
-    return HERE / "results" / "references" / (f"{dataset}_{split}" + (f"_{tag}" if tag else ""))
+def results_dir(dataset: str, split: str, tag: str = "", kind: str = "references") -> Path:
+    """Where the runs of ``kind`` (this script's references, ``tier_mix.py``'s runs) on
+    ``dataset`` and ``split`` (the fleet variant ``--tag tag`` if given) are written."""
+    return HERE / "results" / kind / (f"{dataset}_{split}" + (f"_{tag}" if tag else ""))
+
+
+def add_fleet_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--set`` (overrides of the fleet config whose tiers are matched) and ``--tag``."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the fleet config whose tiers are matched")
+    parser.add_argument("--tag", default="", help="suffix of the results directory's name")
+
+
+def check_fleet_variant(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--set`` without ``--tag``: untagged results always match the fleet config."""
+    if args.set and not args.tag:
+        parser.error("--set changes the tiers matched: name the variant with --tag")
 
 
 def reference_runs(dataset: str, split: str, seed: int,
@@ -66,12 +80,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per run (0: torch's default)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override of the fleet config whose tiers are matched")
-    parser.add_argument("--tag", default="", help="suffix of the results directory's name")
+    add_fleet_variant_arguments(parser)
     args = parser.parse_args()
-    if args.set and not args.tag:
-        parser.error("--set changes the tiers matched: name the variant with --tag")
+    check_fleet_variant(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for seed in args.seeds:
         for name, (config, overrides) in reference_runs(args.dataset, args.split, seed,

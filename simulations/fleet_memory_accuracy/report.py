@@ -1,11 +1,10 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
-the same for the longer and retuned runs under ``results/longer/`` and ``results/retuned/``
-(``run.sh``),
-``results/tuning/<dataset>_<method>/<setting>/`` (``tune.py``) and
-``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
-``results/tier_mix/<dataset>_<split>/`` (``tier_mix.py``).
+the same for the runs of LastFM's previous recipe under ``results/previous/`` and
+``results/longer/`` (``run.sh``), ``results/tuning/<dataset>_<method>/<setting>/``
+(``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
+``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
 """
 
 from __future__ import annotations
@@ -33,13 +32,18 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
            "nested_dims": "nested dimensions", "dense": "dense FedAvg"}
 
 
+#: The tag (``references.py``/``tier_mix.py --tag``) of the runs at the tiers of LastFM's recipe
+#: before tune.sh steps 9 and 10 (4 negatives: a larger growth buffer, a little less density).
+PREVIOUS = "previous"
 #: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
-#: directory and the tag of their centralized references (``references.py --tag``; "": the
-#: final config's tiers). The longer runs (the recipe's schedule stretched: LastFM to 150
-#: rounds, Gowalla to 1,800), and LastFM's 150-round runs of the recipe with the knobs of
-#: tune.sh step 9 retuned, whose fewer negatives give the tiers a little more density.
-EXTRA_RUNS = {"longer": (HERE / "results" / "longer", ""),
-              "retuned": (HERE / "results" / "retuned", "retuned")}
+#: directory and, per dataset, the tag of their centralized references (none: the final
+#: configs' tiers). LastFM's previous recipe over 100 rounds, and stretched to 150; Gowalla's
+#: recipe stretched to 1,800 rounds.
+EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}),
+              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS})}
+#: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
+#: configs' tiers): LastFM's ran at the previous recipe.
+DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
 
 
 def run_dirs(dataset: str, method: str, root: Path = HERE / "results") -> list[Path]:
@@ -287,40 +291,43 @@ def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> s
 
 def cross_tier_table(dataset: str) -> str | None:
     """Each tier's devices ranked with every tier's slice (``cross_tier.json`` of the
-    150-round tuning runs and of the final runs' first seed); None before any."""
+    150-round tuning runs and of the first seed's final and previous-recipe runs); None
+    before any."""
     rows = []
-    found = sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/rounds=150*/cross_tier.json"))
-    found += sorted((HERE / "results").glob(f"{dataset}_*_seed0/cross_tier.json"))
-    for path in found:
-        is_tuning = path.parent.parent.name != "results"
-        method = (path.parent.parent.name if is_tuning else path.parent.name.rsplit("_seed", 1)[0])
-        method = method.split("_", 1)[1]
+    found = [(path, f"tuning (val): {path.parent.name.replace('+', ', ')}",
+              path.parent.parent.name) for path in
+             sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/rounds=150*/cross_tier.json"))]
+    for label, root in (("previous recipe (test)", HERE / "results" / "previous"),
+                        ("final (test)", HERE / "results")):
+        found += [(path, label, path.parent.name.rsplit("_seed", 1)[0])
+                  for path in sorted(root.glob(f"{dataset}_*_seed0/cross_tier.json"))]
+    for path, run, name in found:
+        method = name.split("_", 1)[1]
         table = json.loads(path.read_text())
         for device_tier, slices in table.items():
-            rows.append({"method": METHODS.get(method, method),
-                         "run": (f"tuning (val): {path.parent.name.replace('+', ', ')}"
-                                 if is_tuning else "final (test)"),
+            rows.append({"method": METHODS.get(method, method), "run": run,
                          "devices of tier": device_tier,
                          **{f"{tier} slice": value["recall@20"] for tier, value in slices.items()}})
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None
 
 
-#: The LastFM tuning run of the final recipe, the three-tier side of :func:`one_tier_table`.
-FINAL_SETTING = "rounds=100+l2=0.01+server_lr=3+lr_schedule=cosine"
+#: The LastFM tuning run of the previous recipe (before tune.sh steps 9 and 10): the base of
+#: the runs of step 9 (:func:`knob_table`) and the three-tier side of :func:`one_tier_table`.
+PREVIOUS_SETTING = "rounds=100+l2=0.01+server_lr=3+lr_schedule=cosine"
 #: LastFM's tiers, smallest budget first.
 TIERS = ("wot", "phone", "flagship")
 
 
 def one_tier_table() -> str | None:
-    """LastFM on validation, the final recipe: Recall@20 of the devices of each tier of the
+    """LastFM on validation, the previous recipe: Recall@20 of the devices of each tier of the
     three-tier fleet (its tuning run), in that fleet and in the same fleet with one tier,
     every device given the flagship budget (``results/diagnostics/lastfm_<method>_all_flagship
     _val/``; its tier names do not follow the users, so devices are matched by id); beside
     them the centralized models at the flagship tier's memory. None before any one-tier run."""
-    central, rows = references("lastfm", "val"), []
+    central, rows = references("lastfm", "val", DIAGNOSTIC_TAGS["lastfm"]), []
     for path in sorted((HERE / "results" / "diagnostics").glob("lastfm_*_all_flagship_val")):
         method = path.name.removeprefix("lastfm_").removesuffix("_all_flagship_val")
-        three = pd.read_csv(HERE / "results" / "tuning" / f"lastfm_{method}" / FINAL_SETTING /
+        three = pd.read_csv(HERE / "results" / "tuning" / f"lastfm_{method}" / PREVIOUS_SETTING /
                             "clients.csv")
         one = pd.read_csv(path / "clients.csv")[["device_id", "recall@20"]]
         devices = three[three["n_test"] > 0].merge(one, on="device_id", suffixes=("", "_one"))
@@ -339,19 +346,19 @@ def one_tier_table() -> str | None:
 
 
 def knob_table() -> str | None:
-    """LastFM on validation: each method on the final recipe and with settings changed (local
-    batch size, negatives, moved fraction, mask interval, NMF rounds), Recall@20 per
-    tier and over the fleet, the flagship tier's item density and the gain over the last
-    fifth of the rounds; None before any such run."""
+    """LastFM on validation: each method on the previous recipe and with settings changed
+    (local batch size, negatives, moved fraction, mask interval, NMF rounds; tune.sh step 9),
+    Recall@20 per tier and over the fleet, the flagship tier's item density and the gain over
+    the last fifth of the rounds; None before any such run."""
     rows = []
     for method in METHODS:
         runs = HERE / "results" / "tuning" / f"lastfm_{method}"
-        recipe = runs / FINAL_SETTING / "metrics.json"
-        changed_runs = sorted(runs.glob(f"{FINAL_SETTING}+*/metrics.json"))  # tune.sh step 9
+        recipe = runs / PREVIOUS_SETTING / "metrics.json"
+        changed_runs = sorted(runs.glob(f"{PREVIOUS_SETTING}+*/metrics.json"))
         for path in [recipe, *changed_runs] if recipe.exists() else []:
             metrics = json.loads(path.read_text())
-            changed = path.parent.name.removeprefix(FINAL_SETTING).removeprefix("+")
-            rows.append({"method": METHODS[method], "changed": changed or "(the recipe)",
+            changed = path.parent.name.removeprefix(PREVIOUS_SETTING).removeprefix("+")
+            rows.append({"method": METHODS[method], "changed": changed or "(the previous recipe)",
                          **{tier: metrics["tiers"][tier]["recall@20"] for tier in TIERS},
                          "all": metrics["recall@20"],
                          "flagship density": metrics["tiers"]["flagship"]["density"],
@@ -361,13 +368,13 @@ def knob_table() -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
 
 
-def tier_mix_table(dataset: str) -> str | None:
-    """Centralized MF under the fleet's tiers (``tier_mix.py``), one table per split run:
-    Recall@20 of each tier's users, mean over the seeds, and the densest tier's against the
-    one-tier model's. None before any run."""
+def tier_mix_table(dataset: str, tag: str = "") -> str | None:
+    """Centralized MF under the fleet's tiers (``tier_mix.py``, ``--tag tag`` if given), one
+    table per split run: Recall@20 of each tier's users, mean over the seeds, and the densest
+    tier's against the one-tier model's. None before any run."""
     parts = []
     for split, title in (("val", "Validation split"), ("test", "Test split")):
-        found = sorted((HERE / "results" / "tier_mix" / f"{dataset}_{split}").glob("*.json"))
+        found = sorted(results_dir(dataset, split, tag, kind="tier_mix").glob("*.json"))
         if not found:
             continue
         runs = pd.DataFrame([{"variant": result["variant"], "seed": result["seed"],
@@ -515,14 +522,14 @@ def convergence_plot(dataset: str) -> None:
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
     """(method, run) of each method's tuning runs of at least the final config's device-rounds
     (its convergence runs, the final schedule's among them, and runs of the same device work in
-    rounds of another size; not the final recipe with settings changed, which
+    rounds of another size; not the previous recipe with settings changed, which
     :func:`knob_table` tables), in the order of :data:`METHODS`, then by setting."""
     final = load_config(HERE.parents[1] / "configs" / "fleets" / FLEETS[dataset],
                         fleet=True).fl
     found = []
     for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
         devices = json.loads(path.read_text())["devices"]
-        is_knob = path.parent.name.startswith(f"{FINAL_SETTING}+")
+        is_knob = path.parent.name.startswith(f"{PREVIOUS_SETTING}+")
         if not is_knob and _history(path.parent)["sampled"].sum() >= final.rounds * (
                 final.clients_per_round or devices):
             found.append((path.parent.parent.name.split("_", 1)[1], path.parent))
@@ -544,7 +551,7 @@ def main() -> None:
             replace_block(readme, "lastfm-one-tier", one_tier)
         if dataset == "lastfm" and (knobs := knob_table()) is not None:
             replace_block(readme, "lastfm-knobs", knobs)
-        if (tier_mix := tier_mix_table(dataset)) is not None:
+        if (tier_mix := tier_mix_table(dataset, DIAGNOSTIC_TAGS.get(dataset, ""))) is not None:
             replace_block(readme, f"{dataset}-tier-mix", tier_mix)
         runs = load_runs(dataset)
         if not runs:
@@ -559,10 +566,10 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    for label, (root, tag) in EXTRA_RUNS.items():
+    for label, (root, tags) in EXTRA_RUNS.items():
         for dataset in ("lastfm", "gowalla"):
             if extra := load_runs(dataset, root):
-                block = f"{dataset}-{label}"
+                block, tag = f"{dataset}-{label}", tags.get(dataset, "")
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))
                 replace_block(readme, f"{block}-curve", curve_table(dataset, extra))
                 replace_block(readme, f"{block}-targets",

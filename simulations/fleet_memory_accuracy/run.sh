@@ -6,71 +6,67 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=simulations/fleet_memory_accuracy
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
-# LastFM: the converged recipe of configs/fleets/lastfm.toml (secure summation, the default
-# protocol), seeds 0 and 1, every method; each device tier's cross-tier ranking, then the
-# model and checkpoints go (too large to keep).
-for seed in 0 1; do
-  for method in sparserec sparserec_no_nmf nested_dims dense; do
-    out="$here/results/lastfm_${method}_seed$seed"
-    if [ ! -f "$out/metrics.json" ]; then
-      fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
-          --set seed="$seed" --out "$out"
-      python "$here/cross_tier.py" "$out"
-      rm -rf "$out/model.npz" "$out/checkpoint"
-    fi
-  done
-done
 # lastfm_run OUT METHOD SEED [--set ...]: one LastFM fleet run into OUT unless it finished
-# there, then the model and checkpoints go.
+# there (secure summation, the default protocol), each device tier's cross-tier ranking, then
+# the model and checkpoints go (too large to keep).
 lastfm_run() {
   local out=$1 method=$2 seed=$3
   shift 3
   if [ ! -f "$out/metrics.json" ]; then
     fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
         --set seed="$seed" "$@" --out "$out"
+    python "$here/cross_tier.py" "$out"
     rm -rf "$out/model.npz" "$out/checkpoint"
   fi
 }
-# The knobs tune.sh step 9 retuned on validation (local batch size 4, 2 negatives per positive,
-# moved fraction 0.1).
-retuned=(--set fl.batch_size=4 --set fl.negatives=2 --set sparse.initial_fraction=0.1)
+# LastFM: the converged recipe of configs/fleets/lastfm.toml, seeds 0 and 1, every method.
 for seed in 0 1; do
-  # The same recipe over 150 rounds (its cosine stretched), for the methods whose validation
-  # runs gained from 150 rounds with the decay (tune.sh): README, "LastFM: 150 rounds".
-  for method in sparserec nested_dims sparserec_no_nmf; do
-    lastfm_run "$here/results/longer/lastfm_${method}_seed$seed" "$method" "$seed" \
-        --set fl.rounds=150
-  done
-  # The same 150 rounds with the retuned knobs: README, "LastFM: the retuned knobs over 150
-  # rounds".
-  for method in sparserec nested_dims sparserec_no_nmf dense; do
-    lastfm_run "$here/results/retuned/lastfm_${method}_seed$seed" "$method" "$seed" \
-        --set fl.rounds=150 "${retuned[@]}"
+  for method in sparserec sparserec_no_nmf nested_dims dense; do
+    lastfm_run "$here/results/lastfm_${method}_seed$seed" "$method" "$seed"
   done
 done
-# Centralized references at each tier's memory, on the test split, seeds 0 and 1.
+# The recipe before tune.sh steps 9 and 10 (local batch size 8, 4 negatives per positive, moved
+# fraction 0.3, 100 rounds): README, "LastFM: the previous recipe".
+previous=(--set fl.rounds=100 --set fl.batch_size=8 --set fl.negatives=4
+          --set sparse.initial_fraction=0.3)
+for seed in 0 1; do
+  for method in sparserec sparserec_no_nmf nested_dims dense; do
+    lastfm_run "$here/results/previous/lastfm_${method}_seed$seed" "$method" "$seed" \
+        "${previous[@]}"
+  done
+  # The same over 150 rounds (its cosine stretched), for the methods whose validation runs
+  # gained from 150 rounds with the decay (tune.sh).
+  for method in sparserec nested_dims sparserec_no_nmf; do
+    lastfm_run "$here/results/longer/lastfm_${method}_seed$seed" "$method" "$seed" \
+        "${previous[@]}" --set fl.rounds=150
+  done
+done
+# Centralized references at each tier's memory, on the test split, seeds 0 and 1; and at the
+# memory of the previous recipe's tiers (4 negatives: a larger growth buffer, a little less
+# density per budget).
 python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1
-# And at the memory of the retuned runs' tiers (2 negatives: a smaller growth buffer, a little
-# more density per budget).
-python "$here/references.py" --dataset lastfm --split test --seeds 0 1 "${retuned[@]}" \
-    --tag retuned
-# Diagnostic (the flagship tier's gap, README): the LastFM fleet with one tier, every device
-# given the flagship budget, on validation; and the centralized references on validation.
+python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1 \
+    "${previous[@]}" --tag previous
+# Diagnostic (the flagship tier's gap, README), at the previous recipe: the LastFM fleet with
+# one tier, every device given the flagship budget, on validation; and the centralized
+# references on validation.
 for method in sparserec nested_dims; do
   out="$here/results/diagnostics/lastfm_${method}_all_flagship_val"
   if [ ! -f "$out/metrics.json" ]; then
     fedsparse simulate configs/fleets/lastfm.toml --set sparse.method="$method" \
         --set data.split=val --set fl.privacy.training=plain \
         --set fl.tiers.wot.budget_bytes=1500000 --set fl.tiers.phone.budget_bytes=1500000 \
-        --set fl.tiers.wot.growth_topk=2 --out "$out"
+        --set fl.tiers.wot.growth_topk=2 "${previous[@]}" --out "$out"
     rm -rf "$out/model.npz" "$out/checkpoint"
   fi
 done
-python "$here/references.py" --dataset lastfm --split val --seeds 0
-# Diagnostic (the same question without federation): centralized MF under the fleet's tiers,
-# each user with its tier's item entries or every user with the densest tier's (tier_mix.py;
-# it skips the runs it has).
-python "$here/tier_mix.py" --dataset lastfm --split val --seeds 0 1
+python "$here/references.py" --dataset lastfm --split val --seeds 0 "${previous[@]}" \
+    --tag previous
+# Diagnostic (the same question without federation): centralized MF under the fleet's tiers
+# (LastFM: the previous recipe's), each user with its tier's item entries or every user with
+# the densest tier's (tier_mix.py; it skips the runs it has).
+python "$here/tier_mix.py" --dataset lastfm --split val --seeds 0 1 "${previous[@]}" \
+    --tag previous
 python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0
 python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants tier_mix one_tier
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),

@@ -17,8 +17,9 @@ scores use and which its gradient reaches:
   where every device got the densest budget; as in the per-tier centralized reference, every
   user trains every entry).
 
-Writes ``results/tier_mix/<dataset>_<split>/<variant>_seed<s>.json`` (per tier Recall@20,
-NDCG@20, users, density); ``report.py`` turns them into the README's table.
+Writes ``results/tier_mix/<dataset>_<split>[_<tag>]/<variant>_seed<s>.json`` (per tier
+Recall@20, NDCG@20, users, density); ``report.py`` turns them into the README's table.
+``--set`` and ``--tag`` as in ``references.py``: the tiers of a variant of the fleet config.
 
     python simulations/fleet_memory_accuracy/tier_mix.py --dataset lastfm --seeds 0 1
 
@@ -47,7 +48,8 @@ from fedsparse.models.base import bpr_loss, l2_penalty
 from fedsparse.seeding import generator_for
 from fedsparse.sparse.masks import nmf_scores, top_fraction_mask
 from fedsparse.train.sampling import NegativeSampler
-from references import FLEETS  # this directory's references.py
+# this directory's references.py
+from references import FLEETS, add_fleet_variant_arguments, check_fleet_variant, results_dir
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -82,11 +84,13 @@ def tier_masks(train: sp.csr_matrix, densities: list[float], dim: int, iteration
                         for density in densities])
 
 
-def run(dataset: str, split: str, variant: str, seed: int) -> dict:
-    """Train one variant and score each tier's users with their tier's item entries."""
+def run(dataset: str, split: str, variant: str, seed: int,
+        fleet_overrides: tuple[str, ...] = ()) -> dict:
+    """Train one variant and score each tier's users with their tier's item entries (the tiers
+    of the fleet config with ``fleet_overrides``)."""
     straight, extra_decay, one_tier = VARIANTS[variant]
     fleet = load_config(ROOT / "configs" / "fleets" / FLEETS[dataset],
-                        [f"data.split={split}", f"seed={seed}"], fleet=True)
+                        [*fleet_overrides, f"data.split={split}", f"seed={seed}"], fleet=True)
     centralized = load_config(ROOT / "configs" / "centralized" / f"{dataset}_mf.toml",
                               [f"data.split={split}", f"seed={seed}"])
     recipe, init_std = centralized.train, centralized.model.init_std
@@ -116,7 +120,8 @@ def run(dataset: str, split: str, variant: str, seed: int) -> dict:
         return (held - outside.detach() if straight else held * forward), outside
 
     users_np, items_np = data.train.nonzero()
-    users, items = torch.from_numpy(users_np.astype(np.int64)), torch.from_numpy(items_np.astype(np.int64))
+    users = torch.from_numpy(users_np.astype(np.int64))
+    items = torch.from_numpy(items_np.astype(np.int64))
     sampler, n_neg = NegativeSampler(data.train), recipe.negatives
     start = time.perf_counter()
     for epoch in range(1, recipe.epochs + 1):
@@ -161,17 +166,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    add_fleet_variant_arguments(parser)
     args = parser.parse_args()
+    check_fleet_variant(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
-    out_dir = HERE / "results" / "tier_mix" / f"{args.dataset}_{args.split}"
+    out_dir = results_dir(args.dataset, args.split, args.tag, kind="tier_mix")
     out_dir.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:
             out = out_dir / f"{variant}_seed{seed}.json"
             if out.exists():
                 continue
-            out.write_text(json.dumps(run(args.dataset, args.split, variant, seed), indent=1))
+            result = run(args.dataset, args.split, variant, seed, tuple(args.set))
+            out.write_text(json.dumps(result, indent=1))
             logger.info("wrote %s", out)
 
 
