@@ -1,8 +1,8 @@
 """Write the README's tables (and the comparison plot) from results/*/ (never typed by hand).
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
-the same for the runs of LastFM's previous recipe under ``results/previous/`` and
-``results/longer/`` (``run.sh``), ``results/tuning/<dataset>_<method>/<setting>/``
+the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
+``results/longer/``, ``results/rounds200/``), ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
 """
@@ -36,11 +36,14 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
 #: before tune.sh steps 9 and 10 (4 negatives: a larger growth buffer, a little less density).
 PREVIOUS = "previous"
 #: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
-#: directory and, per dataset, the tag of their centralized references (none: the final
-#: configs' tiers). LastFM's previous recipe over 100 rounds, and stretched to 150; Gowalla's
-#: recipe stretched to 1,800 rounds.
-EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}),
-              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS})}
+#: directory; per dataset, the tag of their centralized references (none: the final configs'
+#: tiers); whether the main runs stand in for the methods they lack. LastFM's previous recipe
+#: over 100 rounds, and stretched to 150; Gowalla's recipe stretched to 1,800 rounds; LastFM's
+#: federated SparseRec over 200 rounds (its length on validation) beside the other methods'
+#: main runs (150 rounds, theirs).
+EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, False),
+              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, False),
+              "rounds200": (HERE / "results" / "rounds200", {}, True)}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
@@ -116,14 +119,15 @@ def fleet_table(runs: dict[str, dict]) -> str:
 
 
 def curve_table(dataset: str, runs: dict[str, dict]) -> str:
-    """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method."""
+    """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method (blank
+    after a shorter run's last round)."""
     rows = []
     for method, metrics in runs.items():
         curves = [_curve(out) for out in metrics["dirs"]]
         mean = pd.concat(curves, axis=1).mean(axis=1)
         rows.append({"method": METHODS[method],
                      **{f"round {r}": value for r, value in mean.items()}})
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
+    return _blank_missing(pd.DataFrame(rows)).to_markdown(index=False, floatfmt=".4f")
 
 
 #: Rounds shown for every tuning run (the convergence runs' whole curves: convergence_table).
@@ -566,9 +570,13 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    for label, (root, tags) in EXTRA_RUNS.items():
+    for label, (root, tags, beside_main) in EXTRA_RUNS.items():
         for dataset in ("lastfm", "gowalla"):
             if extra := load_runs(dataset, root):
+                if beside_main:
+                    main_runs = load_runs(dataset)
+                    extra = {method: extra.get(method, main_runs.get(method)) for method in METHODS
+                             if method in extra or method in main_runs}
                 block, tag = f"{dataset}-{label}", tags.get(dataset, "")
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))
                 replace_block(readme, f"{block}-curve", curve_table(dataset, extra))

@@ -25,6 +25,13 @@ for seed in 0 1; do
     lastfm_run "$here/results/lastfm_${method}_seed$seed" "$method" "$seed"
   done
 done
+# Federated SparseRec over 200 rounds (its cosine stretched), the length at which its
+# validation run still gained (tune.sh step 10): README, "LastFM: federated SparseRec over 200
+# rounds".
+for seed in 0 1; do
+  lastfm_run "$here/results/rounds200/lastfm_sparserec_seed$seed" sparserec "$seed" \
+      --set fl.rounds=200
+done
 # The recipe before tune.sh steps 9 and 10 (local batch size 8, 4 negatives per positive, moved
 # fraction 0.3, 100 rounds): README, "LastFM: the previous recipe".
 previous=(--set fl.rounds=100 --set fl.batch_size=8 --set fl.negatives=4
