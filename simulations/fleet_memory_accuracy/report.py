@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from fedsparse.config import load_config
@@ -501,9 +502,12 @@ def convergence_plot(dataset: str) -> None:
     """Validation Recall@20 of the convergence runs (:func:`convergence_runs`), one line per
     run, against the passes the devices have made over their data (runs with different
     devices per round compare at equal device work)."""
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(8, 4.5))
     ax = figure.subplots()
-    for method, out in convergence_runs(dataset):
+    runs = convergence_runs(dataset)
+    palette = colormaps["tab20"].colors                          # 20 colours: one a run
+    ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(len(runs))])
+    for method, out in runs:
         history = _history(out)
         cfg = load_config(out / "config.toml", fleet=True)
         devices = json.loads((out / "metrics.json").read_text())["devices"]
@@ -511,16 +515,18 @@ def convergence_plot(dataset: str) -> None:
         evaluated = history["recall@20"].notna()
         schedule = ", cosine lr" if cfg.fl.lr_schedule == "cosine" else ""
         server = "server Adam" if cfg.fl.server_optimizer == "adam" else "server step"
+        masks = (f", masks every {cfg.fl.mask_interval} (first moving "
+                 f"{cfg.sparse.initial_fraction:g})" if method.startswith("sparserec") else "")
         ax.plot(passes[evaluated], history["recall@20"][evaluated],
                 "o-" if schedule else "o--", ms=3,
                 label=f"{METHODS[method]}, {cfg.fl.rounds} rounds of "
-                      f"{int(history['sampled'].max())}, device lr {cfg.fl.lr:g}{schedule}, "
-                      f"{server} {cfg.fl.server_lr:g}")
+                      f"{int(history['sampled'].max())}, {cfg.fl.local_epochs} epoch(s) of "
+                      f"batches of {cfg.fl.batch_size}, {cfg.fl.negatives} negatives, device lr "
+                      f"{cfg.fl.lr:g}{schedule}, {server} {cfg.fl.server_lr:g}{masks}")
     ax.set_xlabel("passes over the devices' data (device-rounds x local epochs / devices)")
     ax.set_ylabel("Recall@20 (validation)")
-    ax.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes
+    figure.savefig(HERE / f"convergence_{dataset}.png", dpi=110, bbox_inches="tight")
 
 
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
