@@ -26,8 +26,8 @@ for seed in 0 1; do
   done
 done
 # Federated SparseRec over 200 rounds (its cosine stretched), the length at which its
-# validation run still gained (tune.sh step 10): README, "LastFM: federated SparseRec over 200
-# rounds".
+# validation run still gained (tune.sh step 10): README, "LastFM: each method at its length on
+# validation".
 for seed in 0 1; do
   lastfm_run "$here/results/rounds200/lastfm_sparserec_seed$seed" sparserec "$seed" \
       --set fl.rounds=200

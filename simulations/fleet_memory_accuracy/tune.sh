@@ -92,18 +92,15 @@ tune sparserec 100 "${final[@]}" fl.batch_size=4 fl.negatives=2 sparse.initial_f
     fl.nmf_rounds=30
 # 10. The retuned knobs over 150 rounds (the cosine stretched), every method: the final recipe
 #     (configs/fleets/lastfm.toml), whose test runs are the README's LastFM fleet.
-for method in sparserec nested_dims sparserec_no_nmf dense; do
-  knobs=(fl.batch_size=4 fl.negatives=2)
-  case $method in sparserec*) knobs+=(sparse.initial_fraction=0.1) ;; esac
-  tune "$method" 150 "${final[@]}" "${knobs[@]}"
-done
+tune_retuned() {  # tune_retuned METHOD ROUNDS: the final recipe's knobs (moved fraction: DST only)
+  local knobs=(fl.batch_size=4 fl.negatives=2)
+  case $1 in sparserec*) knobs+=(sparse.initial_fraction=0.1) ;; esac
+  tune "$1" "$2" "${final[@]}" "${knobs[@]}"
+}
+for method in sparserec nested_dims sparserec_no_nmf dense; do tune_retuned "$method" 150; done
 #     Over 200 rounds for the two methods that gained more than 0.002 over the last fifth of
 #     the 150 (federated SparseRec and nested dimensions): does a longer schedule move the end?
-for method in sparserec nested_dims; do
-  knobs=(fl.batch_size=4 fl.negatives=2)
-  case $method in sparserec*) knobs+=(sparse.initial_fraction=0.1) ;; esac
-  tune "$method" 200 "${final[@]}" "${knobs[@]}"
-done
+for method in sparserec nested_dims; do tune_retuned "$method" 200; done
 
 # Full Gowalla: the LastFM recipe with 10,000 devices a round and sampled NMF, then a larger
 # server step.
