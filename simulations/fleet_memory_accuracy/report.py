@@ -2,7 +2,8 @@
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
-``results/longer/``, ``results/rounds200/``), ``results/tuning/<dataset>_<method>/<setting>/``
+``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``),
+``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
 """
@@ -36,15 +37,21 @@ METHODS = {"sparserec": "federated SparseRec", "sparserec_no_nmf": "random-init 
 #: The tag (``references.py``/``tier_mix.py --tag``) of the runs at the tiers of LastFM's recipe
 #: before tune.sh steps 9 and 10 (4 negatives: a larger growth buffer, a little less density).
 PREVIOUS = "previous"
+#: The tag of the references at the tiers of Gowalla's fleet with LastFM's knobs (2 negatives:
+#: a smaller growth buffer, more density per budget).
+LASTFM_KNOBS = "lastfm_knobs"
 #: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
 #: directory; per dataset, the tag of their centralized references (none: the final configs'
-#: tiers); whether the main runs stand in for the methods they lack. LastFM's previous recipe
-#: over 100 rounds, and stretched to 150; Gowalla's recipe stretched to 1,800 rounds; LastFM's
-#: federated SparseRec over 200 rounds (its length on validation) beside the other methods'
-#: main runs (150 rounds, theirs).
-EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, False),
-              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, False),
-              "rounds200": (HERE / "results" / "rounds200", {}, True)}
+#: tiers); the directory whose runs stand in for the methods they lack (None: none). LastFM's
+#: previous recipe over 100 rounds, and stretched to 150; Gowalla's recipe stretched to 1,800
+#: rounds; LastFM's federated SparseRec over 200 rounds (its length on validation) beside the
+#: other methods' main runs (150 rounds, theirs); Gowalla's federated SparseRec with LastFM's
+#: knobs over 1,800 rounds beside the other methods' 1,800-round runs.
+EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
+              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
+              "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
+              LASTFM_KNOBS: (HERE / "results" / LASTFM_KNOBS, {"gowalla": LASTFM_KNOBS},
+                             HERE / "results" / "longer")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
@@ -228,18 +235,24 @@ def references(dataset: str, split: str = "test", tag: str = "") -> dict[str, fl
     return {name: float(np.mean(values)) for name, values in found.items()}
 
 
+def reference_width(dataset: str, name: str, tag: str = "") -> float:
+    """``model.dim`` of the centralized reference ``name`` (its first seed; NaN if not run)."""
+    configs = sorted(results_dir(dataset, "test", tag).glob(f"{name}_seed*/config.toml"))
+    return load_config(configs[0]).model.dim if configs else np.nan
+
+
 def reference_table(dataset: str, runs: dict[str, dict], tag: str = "") -> str | None:
     """Per tier: each fleet method's Recall@20 beside the centralized references at the tier's
-    memory (those tagged ``tag``; None before any reference)."""
+    memory (those tagged ``tag``; None before any reference); d_t is the width of the tier's
+    dense MF reference."""
     central = references(dataset, tag=tag)
     if not central or "sparserec" not in runs:
         return None
     rows = []
     for tier, values in runs["sparserec"]["tiers"].items():
         row = {"tier": tier, "budget (KB)": values["budget_bytes"] / 1000,
-               "density": values["density"]}
-        if "nested_dims" in runs:
-            row["d_t"] = round(runs["nested_dims"]["tiers"][tier]["density"] * 64)
+               "density": values["density"],
+               "d_t": reference_width(dataset, f"dense_mf_{tier}", tag)}
         for method, metrics in runs.items():
             row[METHODS[method]] = metrics["tiers"][tier]["recall@20"]
         row["central SparseRec at density"] = central.get(f"sparserec_{tier}", np.nan)
@@ -576,13 +589,13 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    for label, (root, tags, beside_main) in EXTRA_RUNS.items():
+    for label, (root, tags, stand_in_root) in EXTRA_RUNS.items():
         for dataset in ("lastfm", "gowalla"):
             if extra := load_runs(dataset, root):
-                if beside_main:
-                    main_runs = load_runs(dataset)
-                    extra = {method: extra.get(method, main_runs.get(method)) for method in METHODS
-                             if method in extra or method in main_runs}
+                if stand_in_root is not None:
+                    stand_ins = load_runs(dataset, stand_in_root)
+                    extra = {method: extra.get(method, stand_ins.get(method)) for method in METHODS
+                             if method in extra or method in stand_ins}
                 block, tag = f"{dataset}-{label}", tags.get(dataset, "")
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))
                 replace_block(readme, f"{block}-curve", curve_table(dataset, extra))
