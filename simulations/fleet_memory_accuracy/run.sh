@@ -99,7 +99,7 @@ done
 gowalla_run "$here/results/gowalla_dense_seed0" dense --set fl.server_lr=1
 # The same recipe over 1,800 rounds (its cosine stretched, evaluated every 180 rounds), for
 # the methods tuned at 1,800 rounds on validation (tune.sh).
-for method in sparserec nested_dims; do
+for method in sparserec nested_dims sparserec_no_nmf; do
   gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" \
       --set fl.rounds=1800 --set fl.eval_every=180
 done
