@@ -99,17 +99,17 @@ done
 gowalla_run "$here/results/gowalla_dense_seed0" dense --set fl.server_lr=1
 # The same recipe over 1,800 rounds (its cosine stretched, evaluated every 180 rounds), for
 # the methods tuned at 1,800 rounds on validation (tune.sh).
+longer=(--set fl.rounds=1800 --set fl.eval_every=180)
 for method in sparserec nested_dims sparserec_no_nmf; do
-  gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" \
-      --set fl.rounds=1800 --set fl.eval_every=180
+  gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" "${longer[@]}"
 done
 # Federated SparseRec with LastFM's knobs (local batches of 4, 2 negatives per positive, moved
 # fraction 0.1) over 1,800 rounds, which beat the recipe's knobs there on validation (tune.sh),
 # beside the 1,800-round runs above: README, "Gowalla: LastFM's knobs over 1,800 rounds". Its
 # references sit at its tiers (2 negatives: a smaller growth buffer, more density per budget).
 lastfm_knobs=(--set fl.batch_size=4 --set fl.negatives=2 --set sparse.initial_fraction=0.1)
-gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec \
-    --set fl.rounds=1800 --set fl.eval_every=180 "${lastfm_knobs[@]}"
+gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec "${longer[@]}" \
+    "${lastfm_knobs[@]}"
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs
