@@ -2,7 +2,8 @@
 
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
-``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``),
+``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``,
+``results/rounds3600/``),
 ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
@@ -46,12 +47,14 @@ LASTFM_KNOBS = "lastfm_knobs"
 #: previous recipe over 100 rounds, and stretched to 150; Gowalla's recipe stretched to 1,800
 #: rounds; LastFM's federated SparseRec over 200 rounds (its length on validation) beside the
 #: other methods' main runs (150 rounds, theirs); Gowalla's federated SparseRec with LastFM's
-#: knobs over 1,800 rounds beside the other methods' 1,800-round runs.
+#: knobs over 1,800 rounds beside the other methods' 1,800-round runs; Gowalla's federated
+#: SparseRec over 3,600 rounds (its longest validation run) beside the 1,800-round runs.
 EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
               "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
               LASTFM_KNOBS: (HERE / "results" / LASTFM_KNOBS, {"gowalla": LASTFM_KNOBS},
-                             HERE / "results" / "longer")}
+                             HERE / "results" / "longer"),
+              "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
@@ -127,15 +130,15 @@ def fleet_table(runs: dict[str, dict]) -> str:
 
 
 def curve_table(dataset: str, runs: dict[str, dict]) -> str:
-    """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method (blank
-    after a shorter run's last round)."""
-    rows = []
-    for method, metrics in runs.items():
-        curves = [_curve(out) for out in metrics["dirs"]]
-        mean = pd.concat(curves, axis=1).mean(axis=1)
-        rows.append({"method": METHODS[method],
-                     **{f"round {r}": value for r, value in mean.items()}})
-    return _blank_missing(pd.DataFrame(rows)).to_markdown(index=False, floatfmt=".4f")
+    """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method, the
+    rounds of every run in order (blank where a run was not evaluated)."""
+    means = {METHODS[method]: pd.concat([_curve(out) for out in metrics["dirs"]],
+                                        axis=1).mean(axis=1)
+             for method, metrics in runs.items()}
+    table = pd.DataFrame(means).sort_index().T  # (method, evaluated round)
+    table.columns = [f"round {r}" for r in table.columns]
+    table = table.rename_axis("method").reset_index()
+    return _blank_missing(table).to_markdown(index=False, floatfmt=".4f")
 
 
 #: Rounds shown for every tuning run (the convergence runs' whole curves: convergence_table).
