@@ -129,7 +129,7 @@ def fleet_table(runs: dict[str, dict]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=formats)
 
 
-def curve_table(dataset: str, runs: dict[str, dict]) -> str:
+def curve_table(runs: dict[str, dict]) -> str:
     """Fleet Recall@20 after each evaluated round (mean over seeds), one row per method, the
     rounds of every run in order (blank where a run was not evaluated)."""
     means = {METHODS[method]: pd.concat([_curve(out) for out in metrics["dirs"]],
@@ -584,7 +584,7 @@ def main() -> None:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
         replace_block(readme, f"{dataset}-fleet", fleet_table(runs))
-        replace_block(readme, f"{dataset}-curve", curve_table(dataset, runs))
+        replace_block(readme, f"{dataset}-curve", curve_table(runs))
         replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs))
         replace_block(readme, f"{dataset}-popularity", popularity_line(first_config(runs)))
         for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
@@ -601,7 +601,7 @@ def main() -> None:
                              if method in extra or method in stand_ins}
                 block, tag = f"{dataset}-{label}", tags.get(dataset, "")
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))
-                replace_block(readme, f"{block}-curve", curve_table(dataset, extra))
+                replace_block(readme, f"{block}-curve", curve_table(extra))
                 replace_block(readme, f"{block}-targets",
                               convergence_targets(dataset, extra, tag))
                 if (table := reference_table(dataset, extra, tag)) is not None:
