@@ -236,6 +236,14 @@ class FleetConfig:
                                              "iteration, a fresh seeded sample each time "
                                              "(0: all)")
     eval_every: int = _option(0, low=0, doc="evaluate every this many rounds (0: at the end only)")
+    refit_steps: int = _option(0, low=0,
+                               doc="before it ranks, a device refits a copy of its user row to "
+                                   "its training interactions against its tier's slice (the "
+                                   "slice frozen): this many full-batch Adam steps, fresh "
+                                   "negatives each (0: it ranks with the row as trained; "
+                                   "model.npz holds the rows as trained either way)")
+    refit_lr: float = _option(0.01, low=0.0, open_low=True,
+                              doc="learning rate of those steps (fl.refit_steps)")
     tier_file: str = _option("", doc="CSV with columns device_id,tier; empty: assign by share")
     num_cpus: int = _option(0, low=0, doc="CPUs of the Ray backend (0: all of this machine); "
                                           "with fl.ray_address, the cluster's CPUs, over which "

@@ -28,6 +28,7 @@ a cohort of one as in a cohort of thousands (a test checks it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -54,10 +55,11 @@ def _pad_to_simd(length: int) -> int:
     return -(-length // SIMD_ELEMENTS) * SIMD_ELEMENTS
 
 
-def _padded_softplus(x: Tensor) -> Tensor:
-    """``softplus(x)`` computed on a flat copy padded to a multiple of :data:`SIMD_ELEMENTS`."""
+def _padded(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``function(x)`` (elementwise) computed on a flat copy padded to a multiple of
+    :data:`SIMD_ELEMENTS`."""
     flat = F.pad(x.reshape(-1), (0, _pad_to_simd(x.numel()) - x.numel()))
-    return F.softplus(flat)[:x.numel()].reshape(x.shape)
+    return function(flat)[:x.numel()].reshape(x.shape)
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,8 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
         neg_vecs = item_leaf[local[step_pos.numel():].reshape(step_neg.shape)]    # (n, B, N, D)
         pos_scores = (user_leaf.unsqueeze(1) * pos_vecs).sum(-1)                  # (n, B)
         neg_scores = (user_leaf[:, None, None, :] * neg_vecs).sum(-1)             # (n, B, N)
-        bpr = (_padded_softplus(neg_scores - pos_scores.unsqueeze(2)) * ok.unsqueeze(2)).sum((1, 2))
+        margins = neg_scores - pos_scores.unsqueeze(2)                            # (n, B, N)
+        bpr = (_padded(F.softplus, margins) * ok.unsqueeze(2)).sum((1, 2))
         squared = (size * user_leaf.pow(2).sum(-1)
                    + (pos_vecs.pow(2).sum(-1) * ok).sum(1)
                    + (neg_vecs.pow(2).sum(-1) * ok.unsqueeze(2)).sum((1, 2)) / negatives)
@@ -300,3 +303,73 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
                        exp_avg_sq=user_avg_sq[index, :dim].numpy().copy(),
                        step=int(user_step[index]))
         results[slots[index]] = (update, user)
+
+
+@dataclass(frozen=True)
+class UserRefit:
+    """How a device refits its user row to its tier's slice before it ranks (``fl.refit_steps``,
+    ``fl.refit_lr``, and the fleet's ``fl.l2`` and ``fl.negatives``)."""
+
+    steps: int
+    lr: float
+    l2: float
+    negatives: int
+
+
+def refit_user_rows(items: Tensor, rows: np.ndarray, positives: list[np.ndarray],
+                    refit: UserRefit, generators: list[torch.Generator]) -> np.ndarray:
+    """Each device's user row refit to its own training interactions, the item slice frozen.
+
+    Device ``i`` takes ``refit.steps`` Adam steps (fresh moments) from ``rows[i]`` on the local
+    loss over all its positives at once, with ``refit.negatives`` fresh negatives per positive
+    a step from ``generators[i]``: ``sum softplus(u.v_n - u.v_p) / (P N) + l2 |u|^2 / 2`` (the
+    local training's loss, its whole data one batch; the item terms are constant). It holds
+    its slice without Adam state, its row with it, and the rows it gathers: no more than in a
+    training round. As in :func:`train_cohort`, every elementwise op runs on a length that is a
+    multiple of :data:`SIMD_ELEMENTS` and every sum over a device's positives is its own, so a
+    device's row is the same whichever devices are refit with it.
+
+    Parameters
+    ----------
+    items:
+        (n_items, d) float32 dense view of the devices' slice (zeros at inactive entries).
+    rows:
+        (m, d) float32 the devices' user rows.
+    positives:
+        Per device, its (P_i,) int64 training items, P_i >= 1.
+    refit:
+        Steps, learning rate, L2 weight and negatives.
+    generators:
+        Per device, its seeded stream for the negatives.
+
+    Returns
+    -------
+    np.ndarray
+        (m, d) float32 refit rows.
+    """
+    n_items, dim = items.shape
+    steps, negatives = refit.steps, refit.negatives
+    pad = (0, _pad_to_simd(dim) - dim)
+    table = F.pad(items.detach(), pad)                                            # (n_items, D)
+    counts = np.array([len(p) for p in positives])
+    slot = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))              # (Q,)
+    pos = torch.from_numpy(np.concatenate(positives).astype(np.int64))            # (Q,)
+    neg = torch.cat([NegativeSampler.for_items(p, n_items).sample(
+        torch.zeros(len(p) * steps, dtype=torch.long), negatives, generator)
+        .reshape(len(p), steps, negatives)
+        for p, generator in zip(positives, generators)])                          # (Q, S, N)
+    pair_scale = torch.from_numpy(1.0 / (counts * negatives)).float()[slot].unsqueeze(1)  # (Q, 1)
+    pos_vecs = table[pos]                                                         # (Q, D)
+    users = F.pad(torch.from_numpy(np.asarray(rows, dtype=np.float32)), pad)      # (m, D)
+    exp_avg, exp_avg_sq, scratch = (torch.zeros_like(users) for _ in range(3))
+    for t in range(steps):
+        neg_vecs = table[neg[:, t]]                                               # (Q, N, D)
+        pair_users = users[slot]                                                  # (Q, D)
+        margin = ((pair_users.unsqueeze(1) * neg_vecs).sum(-1)
+                  - (pair_users * pos_vecs).sum(-1, keepdim=True))                # (Q, N)
+        weight = _padded(torch.sigmoid, margin)                                   # (Q, N)
+        pair_grad = (weight.unsqueeze(2) * (neg_vecs - pos_vecs.unsqueeze(1))).sum(1)  # (Q, D)
+        grad = torch.zeros_like(users).index_add_(0, slot, pair_grad * pair_scale)
+        grad.add_(users, alpha=refit.l2)
+        _adam(users, grad, exp_avg, exp_avg_sq, refit.lr, t + 1, scratch=scratch)
+    return users[:, :dim].numpy().copy()

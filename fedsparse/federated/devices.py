@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fedsparse.data import InteractionData
-from fedsparse.federated.cohort import DeviceTask, train_cohort
+from fedsparse.federated.cohort import DeviceTask, UserRefit, refit_user_rows, train_cohort
 from fedsparse.federated.faults import FaultModel, device_fault, simulated_seconds
 from fedsparse.federated.protocol import encode_update, reply_metrics
 from fedsparse.federated.pseudo_items import add_pseudo_items
@@ -177,14 +177,30 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
 
 def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                      devices: list[tuple[int, int]], tables: dict[int, SparseEmbeddingTable],
-                     k: int) -> dict[int, dict[str, float | int]]:
+                     k: int, refit: UserRefit | None = None, seed: int = 0,
+                     server_round: int = 0) -> dict[int, dict[str, float | int]]:
     """Each (device, tier) ranks all items with its own sparse model: Recall@K, NDCG@K, its
-    measured model bytes and how many test items it has."""
+    measured model bytes and how many test items it has.
+
+    With ``refit``, a device first refits a copy of its user row to its training interactions
+    against its tier's slice (:func:`~fedsparse.federated.cohort.refit_user_rows`, negatives
+    from its ``refit`` stream of ``server_round``) and ranks with that; its state is unchanged.
+    """
+    rows = {device: state.row(device).values for device, _ in devices}
     results = {}
     with torch.no_grad():
         dense = {tier: table.to_dense() for tier, table in tables.items()}       # (n_items, d)
+        if refit is not None:
+            for tier in dense:
+                members = [device for device, device_tier in devices if device_tier == tier]
+                refit_rows = refit_user_rows(
+                    dense[tier], np.stack([rows[device] for device in members]),
+                    [items_of(data, "train", int(users[device])) for device in members], refit,
+                    [generator_for(seed, server_round, device, "refit") for device in members])
+                rows.update(zip(members, refit_rows))
         for device, tier in devices:
-            user_id, row = int(users[device]), state.row(device)
+            user_id = int(users[device])
+            row = replace(state.row(device), values=rows[device])
             test_items = items_of(data, "test", user_id)
             metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
             if len(test_items):

@@ -32,6 +32,7 @@ from flwr.clientapp import ClientApp
 
 from fedsparse.data import InteractionData, load_dataset
 from fedsparse.federated.checkpoint import persist_cohort_state, restore_cohort_state
+from fedsparse.federated.cohort import UserRefit
 from fedsparse.federated.devices import CohortState, TrainRound, evaluate_devices, train_devices
 from fedsparse.federated.faults import FaultModel, is_offline
 from fedsparse.federated.fleet import cohort_of, fleet_users
@@ -222,9 +223,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     cohort = _cohort(context, config, len(users))
     pairs = _addressed(config, cohort)
     state = _state(context, config, cohort, int(config["round"]))
+    refit = None
+    if int(config["refit-steps"]) > 0:
+        refit = UserRefit(steps=int(config["refit-steps"]), lr=float(config["refit-lr"]),
+                          l2=float(config["l2"]), negatives=int(config["negatives"]))
     results = evaluate_devices(data, users, state, pairs,
                                _tables(msg, pairs, data.n_items, int(config["dim"])),
-                               int(config["topk"]))
+                               int(config["topk"]), refit=refit, seed=int(config["seed"]),
+                               server_round=int(config["round"]))
     content = RecordDict()
     for device, metrics in results.items():
         content[device_key("metrics", device)] = MetricRecord(metrics)

@@ -332,6 +332,55 @@ def cross_tier_table(dataset: str) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None
 
 
+def _refit_runs(dataset: str) -> list[tuple[str, list[dict]]]:
+    """Every ``refit.json`` of ``dataset`` (``refit.py``): a label (the split and the rounds)
+    and its settings."""
+    found = []
+    for path in sorted((HERE / "results").rglob("refit.json")):
+        cfg = load_config(path.parent / "config.toml", fleet=True)
+        if cfg.data.name != dataset:
+            continue
+        label = f"{'validation' if cfg.data.split == 'val' else 'test'}, {cfg.fl.rounds} rounds"
+        found.append((label, json.loads(path.read_text())))
+    return found
+
+
+def refit_table(dataset: str) -> str | None:
+    """Per refit run and (steps, lr): the fleet and per-tier Recall@20 when each device refits
+    its user row before it ranks (steps 0: the run's own evaluation); None before any."""
+    rows = []
+    for label, settings in sorted(_refit_runs(dataset), key=lambda run: run[0].startswith("test")):
+        for setting in settings:
+            rows.append({"run": label, "refit steps": setting["steps"],
+                         "refit lr": setting["lr"] or np.nan, "fleet": setting["recall@20"],
+                         **{tier: values["recall@20"]
+                            for tier, values in setting["tiers"].items()},
+                         "seconds": setting["seconds"]})
+    if not rows:
+        return None
+    table = _blank_missing(pd.DataFrame(rows))
+    return table.to_markdown(index=False, floatfmt=["", ".0f", ".3f", *[".4f"] * 4, ".0f"])
+
+
+def refit_targets(dataset: str) -> str | None:
+    """Issue 15's per-tier target for each test run's refit settings: federated SparseRec per
+    tier against centralized SparseRec at the tier's density; None before any test refit."""
+    central, lines = references(dataset), []
+    for label, settings in _refit_runs(dataset):
+        if label.startswith("validation"):
+            continue
+        for setting in settings[1:]:
+            for tier, values in setting["tiers"].items():
+                reference = central[f"sparserec_{tier}"]
+                ratio, wanted = values["recall@20"] / reference, TIER_RATIO[dataset]
+                lines.append(f"- {label}, refit {setting['steps']} steps at "
+                             f"{setting['lr']:g}, tier {tier}: federated SparseRec "
+                             f"{values['recall@20']:.4f} = {ratio:.2f} x centralized SparseRec "
+                             f"at its density ({reference:.4f}), against {wanted:.2f} x: "
+                             f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+    return "\n".join(lines) or None
+
+
 #: The LastFM tuning run of the previous recipe (before tune.sh steps 9 and 10): the base of
 #: the runs of step 9 (:func:`knob_table`) and the three-tier side of :func:`one_tier_table`.
 PREVIOUS_SETTING = "rounds=100+l2=0.01+server_lr=3+lr_schedule=cosine"
@@ -579,6 +628,10 @@ def main() -> None:
             replace_block(readme, "lastfm-knobs", knobs)
         if (tier_mix := tier_mix_table(dataset, DIAGNOSTIC_TAGS.get(dataset, ""))) is not None:
             replace_block(readme, f"{dataset}-tier-mix", tier_mix)
+        for block, table in ((f"{dataset}-refit", refit_table(dataset)),
+                             (f"{dataset}-refit-targets", refit_targets(dataset))):
+            if table is not None:
+                replace_block(readme, block, table)
         runs = load_runs(dataset)
         if not runs:
             continue

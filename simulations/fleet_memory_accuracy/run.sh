@@ -80,7 +80,8 @@ python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants t
 # seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
 # README), every method; then its centralized references.
 # gowalla_run OUT METHOD [--set ...]: one Gowalla fleet run into OUT unless it finished there,
-# its cross-tier ranking, then the model and checkpoints go.
+# its cross-tier ranking (and with $refit set, refit.py with those arguments), then the model
+# and checkpoints go.
 gowalla_run() {
   local out=$1 method=$2
   shift 2
@@ -88,10 +89,14 @@ gowalla_run() {
     fedsparse simulate configs/fleets/gowalla_full.toml --set sparse.method="$method" \
         --set fl.privacy.training=plain "$@" --out "$out"
     python "$here/cross_tier.py" "$out"
+    if [ -n "${refit:-}" ]; then python "$here/refit.py" "$out" $refit; fi
     rm -rf "$out/model.npz" "$out/checkpoint"
   fi
 }
-for method in sparserec nested_dims sparserec_no_nmf; do
+# Federated SparseRec's final evaluation again with each device refitting its user row first,
+# at the setting best on validation (tune.sh): README, "Gowalla: devices refit their user row".
+refit="--steps 10 --lr 0.03" gowalla_run "$here/results/gowalla_sparserec_seed0" sparserec
+for method in nested_dims sparserec_no_nmf; do
   gowalla_run "$here/results/gowalla_${method}_seed0" "$method"
 done
 # Dense FedAvg at server step 1, its better step on validation at 1,000 devices a round
@@ -111,9 +116,11 @@ lastfm_knobs=(--set fl.batch_size=4 --set fl.negatives=2 --set sparse.initial_fr
 gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec "${longer[@]}" \
     "${lastfm_knobs[@]}"
 # Federated SparseRec over 3,600 rounds, its longest validation run (0.0812 against 0.0786 at
-# 1,800 rounds, tune.sh): README, "Gowalla: 3,600 rounds".
-gowalla_run "$here/results/rounds3600/gowalla_sparserec_seed0" sparserec \
-    --set fl.rounds=3600 --set fl.eval_every=360
+# 1,800 rounds, tune.sh): README, "Gowalla: 3,600 rounds"; its final evaluation again with each
+# device refitting its user row first, at the setting best on validation (tune.sh):
+# README, "Gowalla: devices refit their user row".
+refit="--steps 10 --lr 0.03" gowalla_run "$here/results/rounds3600/gowalla_sparserec_seed0" \
+    sparserec --set fl.rounds=3600 --set fl.eval_every=360
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs

@@ -4,7 +4,9 @@ was before tuning (``tuning_base_<dataset>.toml``) per call, with ``data.split =
 interactions; the test split is never read) and the given overrides,
 written to
 ``results/tuning/<dataset>_<method>/<setting>/`` (the run's results directory without
-``model.npz``, checkpoints and plot, with ``cross_tier.json`` from ``cross_tier.py``).
+``model.npz``, checkpoints and plot, with ``cross_tier.json`` from ``cross_tier.py``, and
+with ``--refit-steps``/``--refit-lr`` ``refit.json`` from ``refit.py``: the final evaluation
+again with each device first refitting its user row, per (steps, lr)).
 ``report.py`` tables every run there: each method's tried settings and their validation
 Recall@20 per evaluated round.
 
@@ -19,6 +21,7 @@ times the seconds per round. Run it alone on the machine (a simulation uses ever
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -32,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from cross_tier import cross_tier  # noqa: E402
+from refit import refit_evaluation  # noqa: E402
 
 TUNING = HERE / "results" / "tuning"
 
@@ -50,7 +54,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override (repeatable)")
+    parser.add_argument("--refit-steps", type=int, nargs="+", default=[],
+                        help="refit.py's steps to try on the run's model (with --refit-lr)")
+    parser.add_argument("--refit-lr", type=float, nargs="+", default=[])
     args = parser.parse_args()
+    if bool(args.refit_steps) != bool(args.refit_lr):
+        parser.error("--refit-steps and --refit-lr go together")
     overrides = [f"sparse.method={args.method}", "data.split=val", "fl.privacy.training=plain",
                  f"fl.rounds={args.rounds}", f"fl.eval_every={args.eval_every}", *args.set]
     cfg = load_config(HERE / f"tuning_base_{args.dataset}.toml", overrides, fleet=True)
@@ -60,6 +69,10 @@ def main() -> None:
         shutil.rmtree(out)
     simulate(cfg, out)
     (out / "cross_tier.json").write_text(json.dumps(cross_tier(out), indent=2) + "\n")
+    if args.refit_steps:
+        settings = [(0, 0.0), *itertools.product(args.refit_steps, args.refit_lr)]
+        (out / "refit.json").write_text(
+            json.dumps(refit_evaluation(out, settings), indent=2) + "\n")
     for large in ("model.npz", "memory_vs_accuracy.png"):
         (out / large).unlink()
     shutil.rmtree(out / "checkpoint", ignore_errors=True)

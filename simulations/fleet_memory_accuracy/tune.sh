@@ -179,3 +179,16 @@ tune sparserec_no_nmf 1800 fl.l2=0.01 fl.server_lr=3 "${longer[@]}"
 half=(fl.lr_schedule=cosine fl.clients_per_round=500 fl.nmf_devices=3000 fl.nmf_rounds=10
       fl.mask_interval=42 fl.eval_every=180)
 tune sparserec 1800 fl.l2=0.01 fl.server_lr=3 "${half[@]}"
+# Each device refits its user row to its own training interactions against its tier's final
+# slice before it ranks (fl.refit_steps, fl.refit_lr; the slice frozen): the recipe's 900-round
+# run again (tune.py keeps no model.npz; the rerun ends with the same metrics), its final
+# evaluation repeated per (steps, lr) into refit.json.
+refit_run="simulations/fleet_memory_accuracy/results/tuning/gowalla_sparserec/rounds=900+l2=0.01"
+refit_run+="+server_lr=3+lr_schedule=cosine+clients_per_round=1000+nmf_devices=3000+nmf_rounds=10"
+refit_run+="+mask_interval=21+eval_every=90"
+[ -f "$refit_run/refit.json" ] ||
+  python simulations/fleet_memory_accuracy/tune.py --dataset gowalla --method sparserec \
+      --rounds 900 --set fl.l2=0.01 --set fl.server_lr=3 --set fl.lr_schedule=cosine \
+      --set fl.clients_per_round=1000 --set fl.nmf_devices=3000 --set fl.nmf_rounds=10 \
+      --set fl.mask_interval=21 --set fl.eval_every=90 \
+      --refit-steps 10 20 40 --refit-lr 0.003 0.01 0.03

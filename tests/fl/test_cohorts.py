@@ -21,7 +21,8 @@ from fedsparse.sparse.masks import random_mask
 COHORT_FLEET = ("fl.rounds=4", "fl.clients_per_round=18", "fl.crash_prob=0.15",
                 "fl.tiers.large.budget_bytes=4000", "fl.nmf_devices=12",     # sampled NMF
                 "fl.offline_prob=0.1", "fl.offline_rounds=2", "fl.speed_jitter=0.5",
-                "fl.deadline_seconds=0.09", "fl.eval_every=2", "fl.mask_interval=1")
+                "fl.deadline_seconds=0.09", "fl.eval_every=2", "fl.mask_interval=1",
+                "fl.refit_steps=3")                        # evaluation refits too
 
 
 @pytest.mark.slow
