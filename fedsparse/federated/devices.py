@@ -186,7 +186,7 @@ def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortStat
     against its tier's slice (:func:`~fedsparse.federated.cohort.refit_user_rows`, negatives
     from its ``refit`` stream of ``server_round``) and ranks with that; its state is unchanged.
     """
-    rows = {device: state.row(device).values for device, _ in devices}
+    rows = {device: state.row(device) for device, _ in devices}
     results = {}
     with torch.no_grad():
         dense = {tier: table.to_dense() for tier, table in tables.items()}       # (n_items, d)
@@ -194,13 +194,13 @@ def evaluate_devices(data: InteractionData, users: np.ndarray, state: CohortStat
             for tier in dense:
                 members = [device for device, device_tier in devices if device_tier == tier]
                 refit_rows = refit_user_rows(
-                    dense[tier], np.stack([rows[device] for device in members]),
+                    dense[tier], np.stack([rows[device].values for device in members]),
                     [items_of(data, "train", int(users[device])) for device in members], refit,
                     [generator_for(seed, server_round, device, "refit") for device in members])
-                rows.update(zip(members, refit_rows))
+                rows.update({device: replace(rows[device], values=values)
+                             for device, values in zip(members, refit_rows)})
         for device, tier in devices:
-            user_id = int(users[device])
-            row = replace(state.row(device), values=rows[device])
+            user_id, row = int(users[device]), rows[device]
             test_items = items_of(data, "test", user_id)
             metrics = {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
             if len(test_items):

@@ -213,7 +213,6 @@ class FleetServer:
                 "init-std": self.cfg.model.init_std, "local-epochs": fl.local_epochs,
                 "batch-size": fl.batch_size, "lr": self.local_lr(server_round), "l2": fl.l2,
                 "negatives": fl.negatives, "topk": self.cfg.train.topk,
-                "refit-steps": fl.refit_steps, "refit-lr": fl.refit_lr,
                 "threads": max(1, int(fl.client_cpus)),
                 "crash-prob": fl.crash_prob, "offline-prob": fl.offline_prob,
                 "offline-rounds": fl.offline_rounds, "speed-jitter": fl.speed_jitter,

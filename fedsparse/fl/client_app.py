@@ -224,7 +224,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     pairs = _addressed(config, cohort)
     state = _state(context, config, cohort, int(config["round"]))
     refit = None
-    if int(config["refit-steps"]) > 0:
+    if int(config.get("refit-steps", 0)) > 0:                  # absent: rank as trained
         refit = UserRefit(steps=int(config["refit-steps"]), lr=float(config["refit-lr"]),
                           l2=float(config["l2"]), negatives=int(config["negatives"]))
     results = evaluate_devices(data, users, state, pairs,

@@ -135,9 +135,12 @@ def initial_top_mask(grid: Grid, node_devices: dict[int, list[int]], cfg: Experi
 
 def _evaluate(strategy: SparseFedStrategy, grid: Grid, server_round: int, *,
               export_user: bool) -> dict[str, float]:
-    """Every device ranks all items, ``EVALUATION_BATCH`` devices per round trip; with
-    ``export_user`` they also send their user rows."""
-    config = config_record({"export-user": export_user})
+    """Every device ranks all items (after ``fl.refit_steps`` refit steps of its user row),
+    ``EVALUATION_BATCH`` devices per round trip; with ``export_user`` they also send their user
+    rows."""
+    fl = strategy.server.cfg.fl
+    config = config_record({"export-user": export_user, "refit-steps": fl.refit_steps,
+                            "refit-lr": fl.refit_lr})
     messages = list(strategy.configure_evaluate(server_round, None, config, grid))
     replies = []
     for start in range(0, len(messages), EVALUATION_BATCH):
