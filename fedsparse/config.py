@@ -89,6 +89,8 @@ SPARSE_METHODS = ("dense", "static", "set", "rigl", "magnitude", "sparserec", "s
 FLEET_ONLY_METHODS = ("nested_dims",)
 #: The server's steps on a fleet's aggregated deltas (``fl.server_optimizer``).
 SERVER_OPTIMIZERS = ("sgd", "adam")
+#: The devices' steps on their item slice (``fl.item_optimizer``).
+ITEM_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,7 +215,16 @@ class FleetConfig:
     lr_schedule: str = _option("constant", choices=("constant", "cosine"),
                                doc="the devices' learning rate over the rounds: fl.lr in every "
                                    "round, or cosine decay from fl.lr in round 1 towards 0 "
-                                   "after the last (torch's CosineAnnealingLR over rounds)")
+                                   "after the last (torch's CosineAnnealingLR over rounds); "
+                                   "fl.item_lr follows it too")
+    item_optimizer: str = _option("adam", choices=ITEM_OPTIMIZERS,
+                                  doc="the devices' step on their item slice: Adam at fl.lr, "
+                                      "its moments fresh each round, or plain SGD at "
+                                      "fl.item_lr, which holds no state (more entries fit a "
+                                      "budget); the user row steps by Adam either way")
+    item_lr: float = _option(1.0, low=0.0, open_low=True,
+                             doc="the item slice's SGD learning rate (fl.item_optimizer = "
+                                 "\"sgd\")")
     l2: float = _option(1e-4, low=0.0, doc="L2 weight on the batch's embeddings")
     negatives: int = _option(4, low=1, high=1024,
                              doc="negatives per positive, drawn once per round")

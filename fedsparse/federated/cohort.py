@@ -5,9 +5,10 @@ instead of one small model per device. Each device keeps exactly what
 :func:`~fedsparse.train.device.train_device` (the scalar reference) gives it: its own random
 stream (negatives drawn once per round, one shuffle per local epoch, in the same order), its
 own slice of its tier's item table (the rows it touches, zero at inactive entries, gradients
-masked there), its own Adam state for that slice (fresh each round) and for its user row (kept
-across rounds), and its own growth buffer. Devices never share a row, so a device's results do
-not depend on which other devices are in its cohort.
+masked there), its own Adam state for that slice (fresh each round; none when the slice steps by
+plain SGD, ``fl.item_optimizer``) and for its user row (kept across rounds), and its own growth
+buffer. Devices never share a row, so a device's results do not depend on which other devices
+are in its cohort.
 
 Layout: devices are ordered by their number of local steps, most first, and their touched rows
 laid out one block after another, so the devices still training at local step ``t`` are a
@@ -156,7 +157,8 @@ def train_cohort(tasks: list[DeviceTask], *,
             raise ValueError("a cohort trains one item-table shape")
     dim = first.item_table.dim
     tables = {id(task.item_table): task.item_table for task in tasks}             # one per tier
-    slice_bytes = {key: slice_train_bytes(table) for key, table in tables.items()}
+    slice_bytes = {key: slice_train_bytes(table, first.hp.item_optimizer)
+                   for key, table in tables.items()}
     user_bytes = user_row_bytes(dim)
     prepared = [_prepare(task, slice_bytes[id(task.item_table)], user_bytes) for task in tasks]
     results: list[tuple[DeviceUpdate, UserRow] | str] = [""] * len(tasks)
@@ -277,8 +279,11 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
             growth[batch_rows] += batch_grad.abs().masked_fill_(batch_mask, 0.0)
             grad = grad_buffer[:n_rows].zero_()                                   # (R_t, D)
             grad[batch_rows] = batch_grad.masked_fill_(~batch_mask, 0.0)
-            _adam(values[:n_rows], grad, exp_avg[:n_rows], exp_avg_sq[:n_rows], hp.lr, t + 1,
-                  scratch=scratch[:n_rows])
+            if hp.item_optimizer == "sgd":
+                values[:n_rows].add_(grad, alpha=-hp.item_lr)       # torch.optim.SGD's step
+            else:
+                _adam(values[:n_rows], grad, exp_avg[:n_rows], exp_avg_sq[:n_rows], hp.lr,
+                      t + 1, scratch=scratch[:n_rows])
             user_step[:n] += 1
             _adam(users[:n], user_leaf.grad, user_avg[:n], user_avg_sq[:n], hp.lr, user_step[:n])
             last_epoch = t >= per_epoch[:n] * (hp.local_epochs - 1)

@@ -24,7 +24,7 @@ from fedsparse.errors import ConfigError
 from fedsparse.federated.methods import fleet_method
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse.budget import density_for_budget, prefix_width_for_budget
-from fedsparse.train.device import device_reserve_bytes, touched_rows_bound
+from fedsparse.train.device import ITEM_OPTIMIZERS, device_reserve_bytes, touched_rows_bound
 
 logger = logging.getLogger(__name__)
 
@@ -210,14 +210,16 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     most_positives = int(np.diff(data.train.indptr)[users].max())
     reserve = device_reserve_bytes(dim, touched_rows_bound(most_positives, fl.negatives,
                                                            data.n_items))
+    item_optimizer = ITEM_OPTIMIZERS[fl.item_optimizer]        # its state is slice memory too
     tiers = []
     for name, tier in ordered:
         try:                                # every method: at least the sparsest model
             if method.initial_mask == "prefix":          # the widest dense prefix that fits
-                density = prefix_width_for_budget(data.n_items, dim,
-                                                  tier.budget_bytes - reserve) / dim
+                density = prefix_width_for_budget(data.n_items, dim, tier.budget_bytes - reserve,
+                                                  item_optimizer) / dim
             else:
-                density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve)
+                density = density_for_budget(data.n_items, dim, tier.budget_bytes - reserve,
+                                             item_optimizer)
         except ConfigError as exc:
             raise ConfigError(f"fl.tiers.{name}.budget_bytes: too small for {cfg.sparse.method} "
                               f"({reserve} bytes go to the user row and growth buffer; "

@@ -219,15 +219,30 @@ class FleetServer:
                 "secure": self.secure, "secure-step": TRAINING_STEP_BASE + server_round,
                 "fraction-bits": fl.privacy.fraction_bits,
                 "deadline-seconds": fl.deadline_seconds,
-                "pseudo-items": fl.privacy.pseudo_items}
+                "pseudo-items": fl.privacy.pseudo_items,
+                **self._item_step(server_round)}
 
-    def local_lr(self, server_round: int) -> float:
-        """The devices' learning rate in ``server_round``: ``fl.lr``, or with
-        ``fl.lr_schedule = "cosine"`` ``fl.lr * (1 + cos(pi * (round - 1) / fl.rounds)) / 2``."""
+    def _item_step(self, server_round: int) -> dict[str, Any]:
+        """The item slice's optimizer keys: none for Adam at the devices' ``lr`` (the ClientApp
+        reads them absent as that, so such messages are as before the keys existed)."""
+        if self.cfg.fl.item_optimizer == "adam":
+            return {}
+        return {"item-optimizer": self.cfg.fl.item_optimizer,
+                "item-lr": self.cfg.fl.item_lr * self.lr_factor(server_round)}
+
+    def lr_factor(self, server_round: int) -> float:
+        """The devices' learning rates in ``server_round`` as a fraction of ``fl.lr`` (and
+        ``fl.item_lr``): 1, or with ``fl.lr_schedule = "cosine"``
+        ``(1 + cos(pi * (round - 1) / fl.rounds)) / 2``."""
         fl = self.cfg.fl
         if fl.lr_schedule == "constant":
-            return fl.lr
-        return fl.lr * (1 + math.cos(math.pi * (server_round - 1) / fl.rounds)) / 2
+            return 1.0
+        return (1 + math.cos(math.pi * (server_round - 1) / fl.rounds)) / 2
+
+    def local_lr(self, server_round: int) -> float:
+        """The devices' Adam learning rate in ``server_round``: ``fl.lr`` times
+        :meth:`lr_factor`."""
+        return self.cfg.fl.lr * self.lr_factor(server_round)
 
     def growth_topk(self, tier: int) -> int:
         """Growth scores per touched row a device of ``tier`` sends: the tier's

@@ -7,9 +7,10 @@ rows it touched, and the |grad| it accumulated at the inactive entries of those 
 row, DESIGN section 4). :func:`evaluate_device` ranks the whole catalogue with the device's own
 sparse model.
 
-Memory: a device holds the item slice (values, index, Adam state), the user row (values, Adam
-state) and one training buffer, the growth scores of its touched rows ((T, d) float32). All of
-it is measured (``nbytes``) and checked against the device's budget after training.
+Memory: a device holds the item slice (values, index, and Adam state unless it steps the slice
+by plain SGD, ``fl.item_optimizer``), the user row (values, Adam state) and one training buffer,
+the growth scores of its touched rows ((T, d) float32). All of it is measured (``nbytes``) and
+checked against the device's budget after training.
 """
 
 from __future__ import annotations
@@ -26,15 +27,25 @@ from fedsparse.data.dataset import binary_matrix
 from fedsparse.metrics import evaluate_embeddings
 from fedsparse.models import MF
 from fedsparse.sparse import DenseEmbeddingTable, SparseEmbeddingTable
+from fedsparse.sparse.budget import OptimizerFactory
 from fedsparse.train.dst import RowGradientRecorder
 from fedsparse.train.sampling import NegativeSampler
 
 logger = logging.getLogger(__name__)
 
 
+#: The devices' optimizers of their item slice (``fl.item_optimizer``): Adam holds two moments
+#: per active entry (fresh each round), SGD no state.
+ITEM_OPTIMIZERS: dict[str, OptimizerFactory] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
 @dataclass(frozen=True)
 class LocalTraining:
-    """Hyperparameters of one device's local work in a round (from ``[fl]``)."""
+    """Hyperparameters of one device's local work in a round (from ``[fl]``).
+
+    The user row steps by Adam at ``lr``; the item slice by ``item_optimizer``: Adam at ``lr``
+    or plain SGD at ``item_lr``.
+    """
 
     local_epochs: int
     batch_size: int
@@ -42,6 +53,13 @@ class LocalTraining:
     l2: float
     negatives: int
     growth_topk: int
+    item_optimizer: str = "adam"
+    item_lr: float = 0.0
+
+    def item_optimizer_for(self, values: Tensor) -> torch.optim.Optimizer:
+        """The optimizer of the item slice's ``values``."""
+        lr = self.item_lr if self.item_optimizer == "sgd" else self.lr
+        return ITEM_OPTIMIZERS[self.item_optimizer]([values], lr=lr)
 
 
 @dataclass
@@ -116,13 +134,13 @@ def user_row_bytes(dim: int) -> int:
     return table.memory_bytes(optimizer)
 
 
-def slice_train_bytes(item_table: SparseEmbeddingTable) -> int:
-    """Measured bytes of a tier slice while a device trains it: values, index and Adam state
-    (after a step, on a copy of the slice)."""
+def slice_train_bytes(item_table: SparseEmbeddingTable, item_optimizer: str = "adam") -> int:
+    """Measured bytes of a tier slice while a device trains it: values, index and the state of
+    ``item_optimizer`` (after a step, on a copy of the slice)."""
     arrays = item_table.storage_arrays()
     table = SparseEmbeddingTable.from_storage(item_table.n_rows, item_table.dim, arrays["values"],
                                               arrays["row_counts"], arrays["index"])
-    optimizer = torch.optim.Adam([table.values])
+    optimizer = ITEM_OPTIMIZERS[item_optimizer]([table.values])
     table.values.grad = torch.zeros_like(table.values)
     optimizer.step()
     return table.memory_bytes(optimizer)
@@ -164,9 +182,10 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
 
     Negatives (``hp.negatives`` per positive, uniform over the items the user has not
     interacted with) are drawn once per round; each local epoch shuffles the positives into
-    batches of ``hp.batch_size``. The item slice's Adam state is fresh each round; the user
-    row's continues. Between the steps the device sums |grad| at the inactive entries of its
-    touched rows (accumulated-gradient regrowth, DESIGN section 3, idea 2).
+    batches of ``hp.batch_size``. The item slice steps by ``hp.item_optimizer`` (Adam state
+    fresh each round); the user row by Adam, its state continuing. Between the steps the device
+    sums |grad| at the inactive entries of its touched rows (accumulated-gradient regrowth,
+    DESIGN section 3, idea 2).
 
     Parameters
     ----------
@@ -205,9 +224,10 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
 
     user_table = DenseEmbeddingTable(torch.from_numpy(user.values).unsqueeze(0))  # (1, d)
     model = MF.from_tables(user_table, item_table, l2=hp.l2)
-    optimizer = torch.optim.Adam([user_table.values, item_table.values], lr=hp.lr)
+    user_optimizer = torch.optim.Adam([user_table.values], lr=hp.lr)
+    item_optimizer = hp.item_optimizer_for(item_table.values)
     if user.step > 0:
-        optimizer.state[user_table.values] = {
+        user_optimizer.state[user_table.values] = {
             "step": torch.tensor(float(user.step)),
             "exp_avg": torch.from_numpy(user.exp_avg.copy()).unsqueeze(0),
             "exp_avg_sq": torch.from_numpy(user.exp_avg_sq.copy()).unsqueeze(0)}
@@ -220,9 +240,11 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
             for first in range(0, len(order), hp.batch_size):
                 batch = order[first:first + hp.batch_size]                        # (B,)
                 loss = model.loss(torch.zeros(len(batch), dtype=torch.long), pos[batch], neg[batch])
-                optimizer.zero_grad(set_to_none=True)
+                user_optimizer.zero_grad(set_to_none=True)
+                item_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                user_optimizer.step()
+                item_optimizer.step()
                 rows, grad = recorder.pop()                                       # (R,), (R, d)
                 slot = torch.searchsorted(touched, rows)                          # (R,)
                 growth[slot] += grad.abs().masked_fill(touched_active[slot], 0.0)
@@ -230,13 +252,14 @@ def train_device(item_table: SparseEmbeddingTable, user: UserRow, positives: np.
                 steps += 1
     finally:
         recorder.remove()
-    train_bytes = (item_table.memory_bytes(optimizer) + user_table.memory_bytes(optimizer)
+    train_bytes = (item_table.memory_bytes(item_optimizer)
+                   + user_table.memory_bytes(user_optimizer)
                    + growth.nbytes)
     if budget_bytes is not None and train_bytes > budget_bytes:
         raise ValueError(f"device held {train_bytes} bytes, over its budget of {budget_bytes}")
     entries, values = item_table.row_entries(touched)                             # (E,), (E,)
     grow_entries, grow_scores = top_growth(touched, growth, hp.growth_topk, dim)
-    state = optimizer.state[user_table.values]
+    state = user_optimizer.state[user_table.values]
     new_user = UserRow(values=user_table.values.detach().squeeze(0).numpy().copy(),
                        exp_avg=state["exp_avg"].squeeze(0).numpy().copy(),
                        exp_avg_sq=state["exp_avg_sq"].squeeze(0).numpy().copy(),

@@ -2,8 +2,8 @@
 training interactions against its tier's slice (``fl.refit_steps``, ``fl.refit_lr``): what a
 device gains from fitting its private row to the final global slice before it ranks.
 
-    python simulations/fleet_memory_accuracy/refit.py RUN_DIR --steps 10 20 --lr 0.01 0.03 \\
-        [--out DIR]
+    python simulations/fleet_memory_accuracy/refit.py RUN_DIR --setting 10:0.03 \\
+        [--setting 5:0.003 ...] [--out DIR]
 
 Reads a fleet results directory's ``model.npz`` (global item table, tier masks, the devices'
 rows as trained) and ``config.toml``; writes ``refit.json`` to ``DIR`` (default ``RUN_DIR``):
@@ -18,7 +18,6 @@ keys reports at its end.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import time
@@ -79,17 +78,29 @@ def refit_evaluation(run: Path, settings: list[tuple[int, float]]) -> list[dict]
     return results
 
 
+def refit_setting(text: str) -> tuple[int, float]:
+    """``STEPS:LR`` (``10:0.03``) as (steps, lr): a positive count and a positive rate."""
+    steps, _, lr = text.partition(":")
+    try:
+        setting = int(steps), float(lr)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"refit setting {text!r} is not STEPS:LR") from None
+    if setting[0] < 1 or not setting[1] > 0:
+        raise argparse.ArgumentTypeError(f"refit setting {text!r}: steps and lr must be positive")
+    return setting
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--steps", type=int, nargs="+", required=True)
-    parser.add_argument("--lr", type=float, nargs="+", required=True)
+    parser.add_argument("--setting", type=refit_setting, action="append", required=True,
+                        metavar="STEPS:LR", help="a refit setting to evaluate (repeatable)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where refit.json goes (default: RUN_DIR)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
-    settings = [(0, 0.0), *itertools.product(args.steps, args.lr)]
+    settings = [(0, 0.0), *args.setting]
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     (out / "refit.json").write_text(

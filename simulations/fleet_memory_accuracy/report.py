@@ -3,7 +3,7 @@
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
 ``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``,
-``results/rounds3600/``),
+``results/rounds3600/``, ``results/item_sgd/``),
 ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
@@ -54,7 +54,8 @@ EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, 
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
               LASTFM_KNOBS: (HERE / "results" / LASTFM_KNOBS, {"gowalla": LASTFM_KNOBS},
                              HERE / "results" / "longer"),
-              "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer")}
+              "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer"),
+              "item-sgd": (HERE / "results" / "item_sgd", {}, HERE / "results")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
@@ -334,22 +335,23 @@ def cross_tier_table(dataset: str) -> str | None:
 
 def _refit_runs(dataset: str) -> list[tuple[str, list[dict]]]:
     """Every ``refit.json`` of ``dataset`` (``refit.py``): a label (the split and the rounds)
-    and its settings."""
+    and its settings, validation runs first, each split by rounds."""
     found = []
-    for path in sorted((HERE / "results").rglob("refit.json")):
+    for path in (HERE / "results").rglob("refit.json"):
         cfg = load_config(path.parent / "config.toml", fleet=True)
         if cfg.data.name != dataset:
             continue
         label = f"{'validation' if cfg.data.split == 'val' else 'test'}, {cfg.fl.rounds} rounds"
-        found.append((label, json.loads(path.read_text())))
-    return found
+        found.append(((cfg.data.split != "val", cfg.fl.rounds),
+                      label, json.loads(path.read_text())))
+    return [(label, settings) for _, label, settings in sorted(found, key=lambda run: run[0])]
 
 
 def refit_table(dataset: str) -> str | None:
     """Per refit run and (steps, lr): the fleet and per-tier Recall@20 when each device refits
     its user row before it ranks (steps 0: the run's own evaluation); None before any."""
     rows = []
-    for label, settings in sorted(_refit_runs(dataset), key=lambda run: run[0].startswith("test")):
+    for label, settings in _refit_runs(dataset):
         for setting in settings:
             rows.append({"run": label, "refit steps": setting["steps"],
                          "refit lr": setting["lr"] or np.nan, "fleet": setting["recall@20"],

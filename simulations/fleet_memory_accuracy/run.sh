@@ -95,7 +95,7 @@ gowalla_run() {
 }
 # Federated SparseRec's final evaluation again with each device refitting its user row first,
 # at the setting best on validation (tune.sh): README, "Gowalla: devices refit their user row".
-refit="--steps 10 --lr 0.03" gowalla_run "$here/results/gowalla_sparserec_seed0" sparserec
+refit="--setting 10:0.03" gowalla_run "$here/results/gowalla_sparserec_seed0" sparserec
 for method in nested_dims sparserec_no_nmf; do
   gowalla_run "$here/results/gowalla_${method}_seed0" "$method"
 done
@@ -117,10 +117,17 @@ gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec "${lo
     "${lastfm_knobs[@]}"
 # Federated SparseRec over 3,600 rounds, its longest validation run (0.0812 against 0.0786 at
 # 1,800 rounds, tune.sh): README, "Gowalla: 3,600 rounds"; its final evaluation again with each
-# device refitting its user row first, at the setting best on validation (tune.sh):
-# README, "Gowalla: devices refit their user row".
-refit="--steps 10 --lr 0.03" gowalla_run "$here/results/rounds3600/gowalla_sparserec_seed0" \
+# device refitting its user row first, at the settings best on the 900-round and the 3,600-round
+# validation runs (tune.sh): README, "Gowalla: devices refit their user row".
+refit="--setting 10:0.03 --setting 10:0.01" \
+    gowalla_run "$here/results/rounds3600/gowalla_sparserec_seed0" \
     sparserec --set fl.rounds=3600 --set fl.eval_every=360
+# Federated SparseRec with the devices' item step as plain SGD at rate 3 (tune.sh), at the tiers'
+# densities above: the budgets less the two Adam moments per entry that SGD does not hold
+# (README, "Gowalla: the devices' item step as plain SGD").
+gowalla_run "$here/results/item_sgd/gowalla_sparserec_seed0" sparserec \
+    --set fl.item_optimizer=sgd --set fl.item_lr=3 --set fl.tiers.wot.budget_bytes=1433738 \
+    --set fl.tiers.phone.budget_bytes=2202968 --set fl.tiers.flagship.budget_bytes=3605117
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs

@@ -57,14 +57,26 @@ def main() -> None:
     parser.add_argument("--refit-steps", type=int, nargs="+", default=[],
                         help="refit.py's steps to try on the run's model (with --refit-lr)")
     parser.add_argument("--refit-lr", type=float, nargs="+", default=[])
+    parser.add_argument("--tier-budgets", type=int, nargs="+", default=[], metavar="BYTES",
+                        help="the tiers' budget_bytes, the smallest tier first (named "
+                             "budgets=B1_B2_... in the setting, which stays a short path)")
     args = parser.parse_args()
     if bool(args.refit_steps) != bool(args.refit_lr):
         parser.error("--refit-steps and --refit-lr go together")
+    base = HERE / f"tuning_base_{args.dataset}.toml"
+    tiers = sorted(load_config(base, fleet=True).fl.tiers.items(),
+                   key=lambda item: item[1].budget_bytes)
+    if args.tier_budgets and len(args.tier_budgets) != len(tiers):
+        parser.error(f"--tier-budgets: {len(tiers)} tiers, {len(args.tier_budgets)} budgets")
+    budgets = [f"fl.tiers.{name}.budget_bytes={budget}"
+               for (name, _), budget in zip(tiers, args.tier_budgets)]
     overrides = [f"sparse.method={args.method}", "data.split=val", "fl.privacy.training=plain",
-                 f"fl.rounds={args.rounds}", f"fl.eval_every={args.eval_every}", *args.set]
-    cfg = load_config(HERE / f"tuning_base_{args.dataset}.toml", overrides, fleet=True)
+                 f"fl.rounds={args.rounds}", f"fl.eval_every={args.eval_every}", *args.set,
+                 *budgets]
+    cfg = load_config(base, overrides, fleet=True)
+    named = [f"budgets={'_'.join(map(str, args.tier_budgets))}"] if budgets else []
     out = TUNING / f"{args.dataset}_{args.method}" / setting_name(
-        [f"rounds={args.rounds}", *args.set])
+        [f"rounds={args.rounds}", *args.set, *named])
     if out.exists():
         shutil.rmtree(out)
     simulate(cfg, out)

@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 dataset=lastfm
-tune() {  # tune METHOD ROUNDS [KEY=VALUE ...], on $dataset
+tune() {  # tune METHOD ROUNDS [KEY=VALUE ...], on $dataset; $budgets: tier budgets, smallest first
   local method=$1 rounds=$2; shift 2
   local name="rounds=$rounds" sets=()
   for assignment in "$@"; do name+="+${assignment#fl.}"; sets+=(--set "$assignment"); done
+  if [ -n "${budgets:-}" ]; then
+    name+="+budgets=${budgets// /_}"; sets+=(--tier-budgets $budgets)
+  fi
   [ -f "simulations/fleet_memory_accuracy/results/tuning/${dataset}_$method/$name/metrics.json" ] ||
     python simulations/fleet_memory_accuracy/tune.py --dataset "$dataset" --method "$method" \
         --rounds "$rounds" "${sets[@]}"
@@ -180,15 +183,29 @@ half=(fl.lr_schedule=cosine fl.clients_per_round=500 fl.nmf_devices=3000 fl.nmf_
       fl.mask_interval=42 fl.eval_every=180)
 tune sparserec 1800 fl.l2=0.01 fl.server_lr=3 "${half[@]}"
 # Each device refits its user row to its own training interactions against its tier's final
-# slice before it ranks (fl.refit_steps, fl.refit_lr; the slice frozen): the recipe's 900-round
-# run again (tune.py keeps no model.npz; the rerun ends with the same metrics), its final
-# evaluation repeated per (steps, lr) into refit.json.
-refit_run="simulations/fleet_memory_accuracy/results/tuning/gowalla_sparserec/rounds=900+l2=0.01"
-refit_run+="+server_lr=3+lr_schedule=cosine+clients_per_round=1000+nmf_devices=3000+nmf_rounds=10"
-refit_run+="+mask_interval=21+eval_every=90"
-[ -f "$refit_run/refit.json" ] ||
-  python simulations/fleet_memory_accuracy/tune.py --dataset gowalla --method sparserec \
-      --rounds 900 --set fl.l2=0.01 --set fl.server_lr=3 --set fl.lr_schedule=cosine \
-      --set fl.clients_per_round=1000 --set fl.nmf_devices=3000 --set fl.nmf_rounds=10 \
-      --set fl.mask_interval=21 --set fl.eval_every=90 \
-      --refit-steps 10 20 40 --refit-lr 0.003 0.01 0.03
+# slice before it ranks (fl.refit_steps, fl.refit_lr; the slice frozen).
+# refit_grid ROUNDS EVAL_EVERY "STEPS" "RATES": the recipe's run of ROUNDS again (tune.py keeps
+# no model.npz; the rerun ends with the same metrics), its final evaluation repeated per
+# (steps, rate) into refit.json.
+refit_grid() {
+  local rounds=$1 eval_every=$2 steps=$3 rates=$4
+  local run="simulations/fleet_memory_accuracy/results/tuning/gowalla_sparserec/rounds=$rounds"
+  run+="+l2=0.01+server_lr=3+lr_schedule=cosine+clients_per_round=1000+nmf_devices=3000"
+  run+="+nmf_rounds=10+mask_interval=21+eval_every=$eval_every"
+  [ -f "$run/refit.json" ] ||
+    python simulations/fleet_memory_accuracy/tune.py --dataset gowalla --method sparserec \
+        --rounds "$rounds" --set fl.l2=0.01 --set fl.server_lr=3 --set fl.lr_schedule=cosine \
+        --set fl.clients_per_round=1000 --set fl.nmf_devices=3000 --set fl.nmf_rounds=10 \
+        --set fl.mask_interval=21 --set fl.eval_every="$eval_every" \
+        --refit-steps $steps --refit-lr $rates
+}
+refit_grid 900 90 "10 20 40" "0.003 0.01 0.03"
+# The same on the 3,600-round run, whose rows trained about 120 times against the 900-round
+# run's 30: fewer steps and lower rates beside the 900-round grid's corners.
+refit_grid 3600 360 "5 10 20" "0.001 0.003 0.01 0.03"
+# The devices' item step as plain SGD (fl.item_optimizer = "sgd"): Adam's moments, fresh each
+# round, make a device's first steps about fl.lr on every entry with a gradient, whatever its
+# size; SGD's delta follows the gradient. At the Adam tiers' densities (the budgets less the two
+# moments per entry SGD does not hold), so the fleets differ only in the step; rate 3.
+budgets="1371513 2140743 3537705" tune sparserec 900 fl.l2=0.01 fl.server_lr=3 "${smallest[@]}" \
+    fl.item_optimizer=sgd fl.item_lr=3

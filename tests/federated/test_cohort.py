@@ -15,7 +15,8 @@ from fedsparse.sparse.masks import random_mask
 from fedsparse.train.device import LocalTraining, UserRow, train_device
 
 
-def _tasks(seed, n_devices, n_items, dim, densities, epochs, batch, negatives):
+def _tasks(seed, n_devices, n_items, dim, densities, epochs, batch, negatives,
+           item_optimizer="adam"):
     rng = np.random.default_rng(seed)
     tables = [SparseEmbeddingTable.from_dense(
         torch.randn(n_items, dim, generator=generator_for(seed, 0, i, "v")) * 0.1,
@@ -28,7 +29,8 @@ def _tasks(seed, n_devices, n_items, dim, densities, epochs, batch, negatives):
             user.step, user.exp_avg[:], user.exp_avg_sq[:] = 4, 0.01, 1e-4
         positives = np.sort(rng.choice(n_items, size=int(rng.integers(1, 25)), replace=False))
         hp = LocalTraining(local_epochs=epochs, batch_size=batch, lr=0.05, l2=1e-4,
-                           negatives=negatives, growth_topk=int(rng.integers(0, 3)))
+                           negatives=negatives, growth_topk=int(rng.integers(0, 3)),
+                           item_optimizer=item_optimizer, item_lr=2.0)
         tasks.append(DeviceTask(device=device, item_table=tables[device % len(tables)], user=user,
                                 positives=positives, hp=hp,
                                 generator=generator_for(seed, 1, device, "local-train")))
@@ -51,13 +53,16 @@ def _fresh(task):
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 1000), n_devices=st.integers(1, 12), dim=st.sampled_from([8, 16, 64]),
        epochs=st.integers(1, 2), batch=st.integers(1, 6), negatives=st.integers(1, 4),
-       densities=st.lists(st.floats(0.1, 1.0), min_size=1, max_size=2))
+       densities=st.lists(st.floats(0.1, 1.0), min_size=1, max_size=2),
+       item_optimizer=st.sampled_from(["adam", "sgd"]))
 def test_the_cohort_trains_every_device_as_the_scalar_trainer(seed, n_devices, dim, epochs,
-                                                             batch, negatives, densities):
+                                                             batch, negatives, densities,
+                                                             item_optimizer):
     # Float sums run in another order than in the scalar trainer; Adam divides by sqrt(v),
     # which magnifies that where a gradient is tiny: values agree to 1e-4, 0.2% of one Adam
     # step at lr 0.05 (cohort-independence below is bit for bit).
-    tasks = _tasks(seed, n_devices, 60, dim, densities, epochs, batch, negatives)
+    tasks = _tasks(seed, n_devices, 60, dim, densities, epochs, batch, negatives,
+                   item_optimizer)
     together = train_cohort([_fresh(task) for task in tasks])
     for task, result in zip(tasks, together):
         fresh = _fresh(task)
@@ -78,9 +83,10 @@ def test_the_cohort_trains_every_device_as_the_scalar_trainer(seed, n_devices, d
 
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 1000), dim=st.sampled_from([8, 64]), batch=st.integers(1, 6),
-       negatives=st.integers(1, 4))
-def test_a_device_trains_the_same_bits_alone_or_in_any_cohort(seed, dim, batch, negatives):
-    tasks = _tasks(seed, 10, 60, dim, [0.3, 0.8], 2, batch, negatives)
+       negatives=st.integers(1, 4), item_optimizer=st.sampled_from(["adam", "sgd"]))
+def test_a_device_trains_the_same_bits_alone_or_in_any_cohort(seed, dim, batch, negatives,
+                                                              item_optimizer):
+    tasks = _tasks(seed, 10, 60, dim, [0.3, 0.8], 2, batch, negatives, item_optimizer)
     together = train_cohort([_fresh(task) for task in tasks])
     chunked = train_cohort([_fresh(task) for task in tasks], max_rows=40)
     for task, one, two in zip(tasks, together, chunked):

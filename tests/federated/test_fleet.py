@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fedsparse.config import load_config
 from fedsparse.errors import ConfigError
@@ -28,6 +29,21 @@ def test_plan_orders_tiers_by_budget_and_fits_each_budget(fleet_config, fleet_da
             assert (table_bytes(fleet_data.n_items, 8, nnz + 1) + plan.reserve_bytes
                     > tier.budget_bytes)
     assert plan.tiers[0].density < plan.tiers[1].density
+
+
+def test_an_sgd_item_slice_fits_more_entries_in_each_budget(fleet_config, fleet_data):
+    adam = plan_fleet(fleet_config(), fleet_data)
+    sgd = plan_fleet(fleet_config("fl.item_optimizer=sgd"), fleet_data)
+    assert sgd.reserve_bytes == adam.reserve_bytes                # the user row keeps Adam
+    assert sgd.tiers[0].density > adam.tiers[0].density
+    for tier, adam_tier in zip(sgd.tiers, adam.tiers):
+        nnz = round(tier.density * fleet_data.n_items * 8)
+        assert tier.density > adam_tier.density or tier.density == 1.0
+        assert (table_bytes(fleet_data.n_items, 8, nnz, torch.optim.SGD) + sgd.reserve_bytes
+                <= tier.budget_bytes)
+        if tier.density < 1.0:                                  # the next entry would not fit
+            assert (table_bytes(fleet_data.n_items, 8, nnz + 1, torch.optim.SGD)
+                    + sgd.reserve_bytes > tier.budget_bytes)
 
 
 def test_max_devices_samples_the_fleet_by_seed(fleet_config, fleet_data):

@@ -102,3 +102,18 @@ def test_a_cosine_schedule_decays_the_devices_learning_rate_over_the_rounds(flee
                            np.zeros((data.n_items, 8), np.float32),
                            np.ones((data.n_items, 8), bool))
     assert constant.device_config(3, [(0, 0)])["lr"] == 0.08
+
+
+def test_sgd_item_steps_travel_with_their_cosine_rate_and_adam_messages_stay_as_before(
+        fleet_config):
+    cfg = fleet_config("fl.lr_schedule=cosine", "fl.rounds=4", "fl.item_optimizer=sgd",
+                       "fl.item_lr=2")
+    data = load_dataset(cfg.data.name)
+    plan = plan_fleet(cfg, data)
+    server = FleetServer(cfg, plan, np.zeros((data.n_items, 8), np.float32),
+                         np.ones((data.n_items, 8), bool))
+    config = server.device_config(3, [(0, 0)])
+    assert config["item-optimizer"] == "sgd" and config["item-lr"] == pytest.approx(1.0)
+    adam = FleetServer(fleet_config("fl.lr_schedule=cosine", "fl.rounds=4"), plan,
+                       np.zeros((data.n_items, 8), np.float32), np.ones((data.n_items, 8), bool))
+    assert not {"item-optimizer", "item-lr"} & set(adam.device_config(3, [(0, 0)]))

@@ -19,10 +19,13 @@ from fedsparse.seeding import generator_for
 from fedsparse.sparse.masks import random_mask
 
 COHORT_FLEET = ("fl.rounds=4", "fl.clients_per_round=18", "fl.crash_prob=0.15",
-                "fl.tiers.large.budget_bytes=4000", "fl.nmf_devices=12",     # sampled NMF
+                "fl.nmf_devices=12",                                          # sampled NMF
                 "fl.offline_prob=0.1", "fl.offline_rounds=2", "fl.speed_jitter=0.5",
                 "fl.deadline_seconds=0.09", "fl.eval_every=2", "fl.mask_interval=1",
-                "fl.refit_steps=3")                        # evaluation refits too
+                "fl.refit_steps=3",                        # evaluation refits too
+                "fl.item_optimizer=sgd", "fl.item_lr=2",   # the item-step keys travel too, and
+                "fl.tiers.small.budget_bytes=1300",        # SGD's stateless slices fit more:
+                "fl.tiers.large.budget_bytes=1800")        # densities 0.35 and 0.74
 
 
 @pytest.mark.slow
@@ -42,6 +45,9 @@ def test_one_device_per_supernode_and_auto_cohorts_write_the_same_files(fleet_co
         assert (runs[1] / name).read_bytes() == (runs[0] / name).read_bytes(), name
     nmf = pd.read_csv(runs[0] / "nmf_history.csv")          # a fresh sample of 12 each time
     assert (nmf["sent"] + nmf["dropped"] == 12).all() and (nmf["summed"] > 0).all()
+    clients = pd.read_csv(runs[0] / "clients.csv")          # devices trained the SGD slices,
+    assert (clients["rounds_participated"] > 0).any()      # which fit where Adam's would not
+    assert (clients["train_bytes"] <= clients["budget_bytes"]).all()
 
 
 def test_cohorts_split_the_fleet_in_order():

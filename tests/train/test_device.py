@@ -1,5 +1,7 @@
 """One device's local round: what it trains, what it uploads, what it holds."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.sparse.masks import random_mask
 from fedsparse.train.device import (LocalTraining, UserRow, device_reserve_bytes, evaluate_device,
-                                    model_bytes, touched_rows_bound, train_device)
+                                    model_bytes, slice_train_bytes, touched_rows_bound,
+                                    train_device)
 
 HP = LocalTraining(local_epochs=3, batch_size=4, lr=0.05, l2=1e-4, negatives=2, growth_topk=3)
 
@@ -64,6 +67,34 @@ def test_held_bytes_are_measured_and_bounded_by_the_budget(device):
         train_device(table, user, positives, HP, generator=generator_for(0, 1, 7, "t"),
                      budget_bytes=update.train_bytes - 1)
     assert model_bytes(table, user) == table.memory_bytes() + 4 * 8
+
+
+def test_an_sgd_item_slice_steps_by_its_gradient_and_holds_no_state(device):
+    # One local step (every positive in one batch). SGD moves the slice by -item_lr times the
+    # gradient, so twice the rate moves it twice as far (Adam's first step moves every entry
+    # with a gradient by about lr, whatever its size); the user row's Adam step sees the same
+    # gradient either way; the slice holds no optimizer state.
+    table, user, positives = device
+    one_step = replace(HP, local_epochs=1, batch_size=len(positives), item_optimizer="sgd")
+    before = table.to_dense().detach().clone()
+    moved, results = {}, {}
+    for name, hp in (("sgd", replace(one_step, item_lr=0.5)),
+                     ("sgd, twice the rate", replace(one_step, item_lr=1.0)),
+                     ("adam", replace(one_step, item_optimizer="adam"))):
+        twin = SparseEmbeddingTable.from_dense(before, table.mask())
+        results[name] = train_device(twin, user, positives, hp,
+                                     generator=generator_for(0, 1, 7, "t"))
+        moved[name] = twin.to_dense().detach() - before
+    assert moved["sgd"].abs().sum() > 0
+    torch.testing.assert_close(moved["sgd, twice the rate"], 2 * moved["sgd"], rtol=1e-5,
+                               atol=1e-7)                 # a value's rounding: moved = after - before
+    adam_steps = moved["adam"][moved["adam"] != 0].abs()
+    torch.testing.assert_close(adam_steps, torch.full_like(adam_steps, HP.lr), rtol=1e-2, atol=0)
+    assert moved["sgd"][moved["sgd"] != 0].abs().std() > 0.1 * moved["sgd"].abs().max()
+    assert np.array_equal(results["sgd"][1].values, results["adam"][1].values)
+    held = {name: update.train_bytes for name, (update, _) in results.items()}
+    state = slice_train_bytes(table) - slice_train_bytes(table, "sgd")
+    assert state == 2 * 4 * table.nnz + 4 and held["adam"] - held["sgd"] == state
 
 
 def test_device_ranks_with_its_own_model(device, small_data):
