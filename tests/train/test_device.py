@@ -86,8 +86,9 @@ def test_an_sgd_item_slice_steps_by_its_gradient_and_holds_no_state(device):
                                      generator=generator_for(0, 1, 7, "t"))
         moved[name] = twin.to_dense().detach() - before
     assert moved["sgd"].abs().sum() > 0
+    # atol: a value's rounding, as moved = after - before
     torch.testing.assert_close(moved["sgd, twice the rate"], 2 * moved["sgd"], rtol=1e-5,
-                               atol=1e-7)                 # a value's rounding: moved = after - before
+                               atol=1e-7)
     adam_steps = moved["adam"][moved["adam"] != 0].abs()
     torch.testing.assert_close(adam_steps, torch.full_like(adam_steps, HP.lr), rtol=1e-2, atol=0)
     assert moved["sgd"][moved["sgd"] != 0].abs().std() > 0.1 * moved["sgd"].abs().max()
