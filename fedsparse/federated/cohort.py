@@ -220,8 +220,9 @@ def _train_chunk(devices: list[_Prepared], dense: dict[int, tuple[Tensor, Tensor
     values = F.pad(torch.cat([dense[id(d.task.item_table)][0][d.touched]
                               for d in devices]), pad)                            # (R, D)
     mask = F.pad(torch.cat([dense[id(d.task.item_table)][1][d.touched] for d in devices]), pad)
-    exp_avg, exp_avg_sq, growth, grad_buffer, scratch = (torch.zeros_like(values)
-                                                         for _ in range(5))
+    growth, grad_buffer = torch.zeros_like(values), torch.zeros_like(values)
+    if hp.item_optimizer == "adam":                     # SGD keeps no state for the slice
+        exp_avg, exp_avg_sq, scratch = (torch.zeros_like(values) for _ in range(3))
 
     def user_stack(field: str) -> Tensor:                                         # (C, D)
         return F.pad(torch.from_numpy(np.stack([getattr(d.task.user, field) for d in devices])),

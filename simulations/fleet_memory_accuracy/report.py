@@ -269,6 +269,15 @@ def reference_table(dataset: str, runs: dict[str, dict], tag: str = "") -> str |
     return table.to_markdown(index=False, floatfmt=formats)
 
 
+def tier_ratio_line(dataset: str, label: str, recall: float, reference: float) -> str:
+    """Issue 15's per-tier target as a list line: federated SparseRec's Recall@20 ``recall``
+    against centralized SparseRec's ``reference`` at the tier's density."""
+    ratio, wanted = recall / reference, TIER_RATIO[dataset]
+    return (f"- {label}: federated SparseRec {recall:.4f} = {ratio:.2f} x centralized SparseRec "
+            f"at its density ({reference:.4f}), against {wanted:.2f} x: "
+            f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+
+
 def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> str:
     """Issue 15's targets, checked on the result files against the centralized references
     tagged ``tag`` (and :func:`plain_reply_targets` for the datasets whose runs have plain
@@ -295,12 +304,8 @@ def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> s
         for tier, values in runs["sparserec"]["tiers"].items():
             reference = central.get(f"sparserec_{tier}")
             if reference is not None:
-                ratio = values["recall@20"] / reference
-                wanted = TIER_RATIO[dataset]
-                lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} = "
-                             f"{ratio:.2f} x centralized SparseRec at its density "
-                             f"({reference:.4f}), against {wanted:.2f} x: "
-                             f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+                lines.append(tier_ratio_line(dataset, f"tier {tier}", values["recall@20"],
+                                             reference))
             if "nested_dims" in runs:
                 other = runs["nested_dims"]["tiers"][tier]["recall@20"]
                 lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} vs "
@@ -373,13 +378,9 @@ def refit_targets(dataset: str) -> str | None:
             continue
         for setting in settings[1:]:
             for tier, values in setting["tiers"].items():
-                reference = central[f"sparserec_{tier}"]
-                ratio, wanted = values["recall@20"] / reference, TIER_RATIO[dataset]
-                lines.append(f"- {label}, refit {setting['steps']} steps at "
-                             f"{setting['lr']:g}, tier {tier}: federated SparseRec "
-                             f"{values['recall@20']:.4f} = {ratio:.2f} x centralized SparseRec "
-                             f"at its density ({reference:.4f}), against {wanted:.2f} x: "
-                             f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+                lines.append(tier_ratio_line(
+                    dataset, f"{label}, refit {setting['steps']} steps at {setting['lr']:g}, "
+                             f"tier {tier}", values["recall@20"], central[f"sparserec_{tier}"]))
     return "\n".join(lines) or None
 
 
