@@ -41,6 +41,9 @@ PREVIOUS = "previous"
 #: The tag of the references at the tiers of Gowalla's fleet with LastFM's knobs (2 negatives:
 #: a smaller growth buffer, more density per budget).
 LASTFM_KNOBS = "lastfm_knobs"
+#: The tag of the references at the tiers of LastFM's fleet with the devices' item step as plain
+#: SGD (no optimizer state per entry: more density per budget).
+ITEM_SGD = "item_sgd"
 #: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
 #: directory; per dataset, the tag of their centralized references (none: the final configs'
 #: tiers); the directory whose runs stand in for the methods they lack (None: none). LastFM's
@@ -48,14 +51,18 @@ LASTFM_KNOBS = "lastfm_knobs"
 #: rounds; LastFM's federated SparseRec over 200 rounds (its length on validation) beside the
 #: other methods' main runs (150 rounds, theirs); Gowalla's federated SparseRec with LastFM's
 #: knobs over 1,800 rounds beside the other methods' 1,800-round runs; Gowalla's federated
-#: SparseRec over 3,600 rounds (its longest validation run) beside the 1,800-round runs.
+#: SparseRec over 3,600 rounds (its longest validation run) beside the 1,800-round runs; the
+#: devices' item step as plain SGD: LastFM's federated SparseRec and nested dimensions at the
+#: recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside the other methods'
+#: main runs; Gowalla's federated SparseRec at the recipe's densities beside the main runs.
 EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
               "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
               LASTFM_KNOBS: (HERE / "results" / LASTFM_KNOBS, {"gowalla": LASTFM_KNOBS},
                              HERE / "results" / "longer"),
               "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer"),
-              "item-sgd": (HERE / "results" / "item_sgd", {}, HERE / "results")}
+              "item-sgd": (HERE / "results" / "item_sgd", {"lastfm": ITEM_SGD},
+                           HERE / "results")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}

@@ -32,6 +32,15 @@ for seed in 0 1; do
   lastfm_run "$here/results/rounds200/lastfm_sparserec_seed$seed" sparserec "$seed" \
       --set fl.rounds=200
 done
+# Federated SparseRec and nested dimensions with the devices' item step as plain SGD at the
+# recipe's budgets, each at its best rate on validation (tune.sh: 30 for both), seeds 0 and 1:
+# README, "LastFM: the devices' item step as plain SGD".
+for seed in 0 1; do
+  for method in sparserec nested_dims; do
+    lastfm_run "$here/results/item_sgd/lastfm_${method}_seed$seed" "$method" "$seed" \
+        --set fl.item_optimizer=sgd --set fl.item_lr=30
+  done
+done
 # The recipe before tune.sh steps 9 and 10 (local batch size 8, 4 negatives per positive, moved
 # fraction 0.3, 100 rounds): README, "LastFM: the previous recipe".
 previous=(--set fl.rounds=100 --set fl.batch_size=8 --set fl.negatives=4
@@ -54,6 +63,10 @@ done
 python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1
 python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1 \
     "${previous[@]}" --tag previous
+# The same at the tiers of the SGD item step (no optimizer state per entry: more density per
+# budget, a wider d_t).
+python "$here/references.py" --dataset lastfm --split test --seeds 0 1 --threads 1 \
+    --set fl.item_optimizer=sgd --tag item_sgd
 # Diagnostic (the flagship tier's gap, README), at the previous recipe: the LastFM fleet with
 # one tier, every device given the flagship budget, on validation; and the centralized
 # references on validation.

@@ -95,10 +95,10 @@ tune sparserec 100 "${final[@]}" fl.batch_size=4 fl.negatives=2 sparse.initial_f
     fl.nmf_rounds=30
 # 10. The retuned knobs over 150 rounds (the cosine stretched), every method: the final recipe
 #     (configs/fleets/lastfm.toml), whose test runs are the README's LastFM fleet.
-tune_retuned() {  # tune_retuned METHOD ROUNDS: the final recipe's knobs (moved fraction: DST only)
-  local knobs=(fl.batch_size=4 fl.negatives=2)
+tune_retuned() {  # tune_retuned METHOD ROUNDS [KEY=VALUE ...]: the final recipe's knobs (moved
+  local knobs=(fl.batch_size=4 fl.negatives=2)         # fraction: DST only) and any others
   case $1 in sparserec*) knobs+=(sparse.initial_fraction=0.1) ;; esac
-  tune "$1" "$2" "${final[@]}" "${knobs[@]}"
+  tune "$1" "$2" "${final[@]}" "${knobs[@]}" "${@:3}"
 }
 for method in sparserec nested_dims sparserec_no_nmf dense; do tune_retuned "$method" 150; done
 #     Over 200 rounds for the two methods that gained more than 0.002 over the last fifth of
@@ -209,3 +209,12 @@ refit_grid 3600 360 "5 10 20" "0.001 0.003 0.01 0.03"
 # moments per entry SGD does not hold), so the fleets differ only in the step; rate 3.
 budgets="1371513 2140743 3537705" tune sparserec 900 fl.l2=0.01 fl.server_lr=3 "${smallest[@]}" \
     fl.item_optimizer=sgd fl.item_lr=3
+# LastFM: the devices' item step as plain SGD at the recipe's budgets (300 / 700 / 1,500 KB), on
+# federated SparseRec and on nested dimensions (whose d_t grows by the same rule); rates 1 / 3 /
+# 10, then 30 and 100 (each the best so far for federated SparseRec when the next was added).
+dataset=lastfm
+for method in sparserec nested_dims; do
+  for rate in 1 3 10 30 100; do
+    tune_retuned "$method" 150 fl.item_optimizer=sgd fl.item_lr=$rate
+  done
+done
