@@ -97,14 +97,14 @@ def masked_nmf_sum(data: InteractionData, users: np.ndarray, rows: dict[int, np.
     are not masked, their masks would cancel in the sum:
     :func:`~fedsparse.federated.secure_sum.peers_outside`)."""
     size = contribution_size(rank, data.n_items)
-    total, scratch = np.zeros(size, np.uint64), np.empty(size, np.uint64)
+    total = np.zeros(size, np.uint64)
     inside = set(devices)
     for device in devices:
         positions, values = nmf_contribution(
             rows[device], items_of(data, "train", int(users[device])), data.n_items)
         add_masked_sparse(total, positions, values, device, keys[device],
                           peers_outside(task.peers[device], inside), task.step,
-                          task.fraction_bits, scratch)
+                          task.fraction_bits)
     return total
 
 

@@ -123,12 +123,11 @@ def pair_secrets(keys: KeyPair, peers: dict[int, bytes]) -> dict[int, bytes]:
     return {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
 
 
-def pair_mask(secret: bytes, step: int, size: int) -> np.ndarray:
-    """(size,) uint64 mask of a pair in step ``step``: the AES-256-CTR keystream of ``secret``
-    with the step as nonce (a fresh mask every step from one key agreement)."""
-    out = np.empty(size, dtype=np.uint64)
-    _keystream_into(secret, step, out)
-    return out
+#: Entries of a pair's keystream made and added at a time (256 KB): a block that stays in the
+#: CPU's cache, where a whole keystream (2.3 MB for the LastFM fleet's training vectors, 21 MB
+#: for full Gowalla's) goes out to memory and back before it is added. On 2 cores, adding
+#: masked vectors takes 0.91 (LastFM) and 0.61 (Gowalla) of the time in blocks.
+KEYSTREAM_BLOCK = 1 << 15
 
 
 @lru_cache(maxsize=4)
@@ -137,26 +136,32 @@ def _zero_bytes(size: int) -> memoryview:
     return memoryview(bytes(size))
 
 
-def _keystream_into(secret: bytes, step: int, out: np.ndarray) -> None:
-    """Write :func:`pair_mask`'s keystream into ``out`` (uint64) without new buffers."""
+def add_pair_mask(total: np.ndarray, secret: bytes, step: int, *, subtract: bool) -> None:
+    """Add (or subtract) the mask of a pair in step ``step`` to ``total`` (uint64) in place,
+    wrapping mod 2^64: the AES-256-CTR keystream of ``secret`` with the step as nonce (a fresh
+    mask every step from one key agreement), made :data:`KEYSTREAM_BLOCK` entries at a time."""
     encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
-    written = encryptor.update_into(_zero_bytes(out.nbytes), memoryview(out).cast("B"))
-    if written != 8 * out.size:
-        raise RuntimeError(f"secure sum: keystream of {written} bytes, expected {8 * out.size}")
+    block = np.empty(min(KEYSTREAM_BLOCK, total.size), dtype=np.uint64)
+    for start in range(0, total.size, KEYSTREAM_BLOCK):
+        part = total[start:start + KEYSTREAM_BLOCK]                   # a view: updated in place
+        stream = block[:part.size]
+        written = encryptor.update_into(_zero_bytes(block.nbytes)[:stream.nbytes],
+                                        memoryview(stream).cast("B"))
+        if written != stream.nbytes:
+            raise RuntimeError(f"secure sum: keystream of {written} bytes, expected "
+                               f"{stream.nbytes}")
+        if subtract:
+            part -= stream
+        else:
+            part += stream
 
 
-def add_pair_masks(total: np.ndarray, device: int, secrets: dict[int, bytes], step: int,
-                   scratch: np.ndarray | None = None) -> None:
+def add_pair_masks(total: np.ndarray, device: int, secrets: dict[int, bytes], step: int) -> None:
     """Add the masks of ``device``'s pairs (peer -> secret) to ``total`` (uint64) in place:
     added where the device has the lower id, subtracted where it has the higher (wrapping mod
-    2^64). ``scratch``, like ``total``, holds each keystream instead of a new buffer."""
-    mask = np.empty_like(total) if scratch is None else scratch
+    2^64)."""
     for peer in sorted(secrets):
-        _keystream_into(secrets[peer], step, mask)
-        if device < peer:
-            total += mask
-        else:
-            total -= mask
+        add_pair_mask(total, secrets[peer], step, subtract=device > peer)
 
 
 def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
@@ -176,13 +181,13 @@ def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[
 
 def add_masked_sparse(total: np.ndarray, positions: np.ndarray, values: np.ndarray,
                       device: int, keys: KeyPair, peers: dict[int, bytes], step: int,
-                      fraction_bits: int, scratch: np.ndarray | None = None) -> None:
+                      fraction_bits: int) -> None:
     """Add ``device``'s masked vector (``values`` at the distinct ``positions``, encoded as
     :func:`encode_fixed_sparse` does, plus the masks it shares with its ``peers``, peer ->
     public key) to the running sum ``total`` in place: the sum :func:`mask_for_peers` gives,
     without building the vector."""
     total[positions] += encode_fixed(values, fraction_bits)
-    add_pair_masks(total, device, pair_secrets(keys, peers), step, scratch)
+    add_pair_masks(total, device, pair_secrets(keys, peers), step)
 
 
 def peers_outside(peers: dict[int, bytes], summed: Collection[int]) -> dict[int, bytes]:
@@ -241,9 +246,5 @@ def dangling_masks(revealed: dict[tuple[int, int], bytes], step: int, size: int)
     secrets ((survivor, dropped) -> secret); subtract it from the sum."""
     total = np.zeros(size, dtype=np.uint64)
     for (survivor, dropped), secret in sorted(revealed.items()):
-        mask = pair_mask(secret, step, size)
-        if survivor < dropped:
-            total += mask
-        else:
-            total -= mask
+        add_pair_mask(total, secret, step, subtract=survivor > dropped)
     return total

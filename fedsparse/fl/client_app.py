@@ -202,14 +202,12 @@ def _masked_training_sums(msg: Message, context: Context, contributions: Contrib
     in_sum: dict[int, set[int]] = {}
     for device, (tier, _) in contributions.items():
         in_sum.setdefault(tier, set()).add(device)
-    scratch = np.empty(size, np.uint64)
     for device in sorted(contributions):
         tier, (positions, values) = contributions[device]
         peers = peers_outside(record_keys(msg.content[device_key("peers", device)]),
                               in_sum[tier])
         total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
-        add_masked_sparse(total, positions, values, device, keys[device], peers, step, bits,
-                          scratch)
+        add_masked_sparse(total, positions, values, device, keys[device], peers, step, bits)
         sent.append(device)
     return {device_key("secure", tier): arrays_record({"masked": total,
                                                         "devices": np.array(sent, np.int64)})

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from scipy import stats
 
 from fedsparse.data import synthetic_dataset
@@ -9,10 +10,11 @@ from fedsparse.federated.faults import FaultModel
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_nmf_sum,
                                      nmf_contribution, nmf_row_steps, nmf_server_step,
                                      plan_unmasking, reveal_secrets)
-from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, dangling_masks,
-                                            decode_fixed, encode_fixed, encode_fixed_sparse,
-                                            mask_contribution, mask_for_peers, mask_graph,
-                                            pair_secret, peers_outside, summed_components)
+from fedsparse.federated.secure_sum import (KEYSTREAM_BLOCK, KeyPair, add_masked_sparse,
+                                            add_pair_mask, dangling_masks, decode_fixed,
+                                            encode_fixed, encode_fixed_sparse, mask_contribution,
+                                            mask_for_peers, mask_graph, pair_secret,
+                                            peers_outside, summed_components)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
 
 BITS = 40
@@ -56,6 +58,19 @@ def test_fixed_point_round_trips_within_half_a_step_and_rejects_what_does_not_fi
         encode_fixed(np.array([np.nan]), BITS)
     with pytest.raises(ValueError, match="not finite or exceeds"):
         encode_fixed(np.array([2.0 ** 40]), BITS)
+
+
+@pytest.mark.parametrize("size", [5, KEYSTREAM_BLOCK, 2 * KEYSTREAM_BLOCK + 3])
+def test_a_pair_mask_made_block_by_block_is_the_whole_aes_ctr_keystream(size):
+    secret, step = bytes(range(32)), 7
+    encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
+    stream = np.frombuffer(encryptor.update(bytes(8 * size)), np.uint64)
+    start = np.arange(size, dtype=np.uint64) * np.uint64(2 ** 61)      # wraps mod 2^64 below
+    added, subtracted = start.copy(), start.copy()
+    add_pair_mask(added, secret, step, subtract=False)
+    add_pair_mask(subtracted, secret, step, subtract=True)
+    np.testing.assert_array_equal(added, start + stream)
+    np.testing.assert_array_equal(subtracted, start - stream)
 
 
 def test_mask_graph_is_symmetric_connected_and_survives_dropouts():
