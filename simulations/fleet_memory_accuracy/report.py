@@ -3,7 +3,7 @@
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
 ``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``,
-``results/rounds3600/``, ``results/item_sgd/``),
+``results/rounds3600/``, ``results/item_sgd/``), ``results/round_cost/`` (``round_cost.sh``),
 ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
@@ -621,6 +621,32 @@ def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
     return sorted(found, key=lambda run: (list(METHODS).index(run[0]), run[1].name))
 
 
+def round_cost_table() -> str | None:
+    """LastFM's round cost per method, devices' item step and reply protocol, from the runs of
+    ``round_cost.sh`` (``results/round_cost/``, one machine, one run after the other): init
+    and median seconds per round (``runtime.json``), bytes per round; the secure runs' cost
+    over the plain run's of the same method and step. None before any such run."""
+    rows = []
+    for run in sorted((HERE / "results" / "round_cost").glob("lastfm_*/metrics.json")):
+        cfg = load_config(run.parent / "config.toml")
+        metrics, runtime = (json.loads(path.read_text())
+                            for path in (run, run.parent / "runtime.json"))
+        rows.append({"method": METHODS[cfg.sparse.method], "item step": cfg.fl.item_optimizer,
+                     "replies": cfg.fl.privacy.training, "rounds": cfg.fl.rounds,
+                     "init (s)": runtime["init_seconds"],
+                     "s / round": runtime["seconds_per_round"],
+                     "up / round (MB)": metrics["up_bytes_per_round"] / 1e6,
+                     "down / round (MB)": metrics["down_bytes_per_round"] / 1e6})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    plain = table[table["replies"] == "plain"].set_index(["method", "item step"])["s / round"]
+    table["x plain"] = [row["s / round"] / plain.get((row["method"], row["item step"]), np.nan)
+                        for _, row in table.iterrows()]
+    return table.to_markdown(index=False, floatfmt=("", "", "", ".0f", ".1f", ".2f", ".1f",
+                                                    ".1f", ".2f"))
+
+
 def main() -> None:
     readme = HERE / "README.md"
     for dataset in ("lastfm", "gowalla"):
@@ -636,6 +662,8 @@ def main() -> None:
             replace_block(readme, "lastfm-one-tier", one_tier)
         if dataset == "lastfm" and (knobs := knob_table()) is not None:
             replace_block(readme, "lastfm-knobs", knobs)
+        if dataset == "lastfm" and (cost := round_cost_table()) is not None:
+            replace_block(readme, "lastfm-round-cost", cost)
         if (tier_mix := tier_mix_table(dataset, DIAGNOSTIC_TAGS.get(dataset, ""))) is not None:
             replace_block(readme, f"{dataset}-tier-mix", tier_mix)
         for block, table in ((f"{dataset}-refit", refit_table(dataset)),

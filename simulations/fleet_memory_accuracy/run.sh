@@ -32,11 +32,12 @@ for seed in 0 1; do
   lastfm_run "$here/results/rounds200/lastfm_sparserec_seed$seed" sparserec "$seed" \
       --set fl.rounds=200
 done
-# Federated SparseRec and nested dimensions with the devices' item step as plain SGD at the
-# recipe's budgets, each at its best rate on validation (tune.sh: 30 for both), seeds 0 and 1:
-# README, "LastFM: the devices' item step as plain SGD".
+# Federated SparseRec, nested dimensions and dense FedAvg with the devices' item step as plain
+# SGD at the recipe's budgets, each at its best rate on validation (tune.sh: 30 for all three;
+# random-init DST's runs would be federated SparseRec's), seeds 0 and 1: README, "LastFM: the
+# devices' item step as plain SGD".
 for seed in 0 1; do
-  for method in sparserec nested_dims; do
+  for method in sparserec nested_dims dense; do
     lastfm_run "$here/results/item_sgd/lastfm_${method}_seed$seed" "$method" "$seed" \
         --set fl.item_optimizer=sgd --set fl.item_lr=30
   done

@@ -218,3 +218,10 @@ for method in sparserec nested_dims; do
     tune_retuned "$method" 150 fl.item_optimizer=sgd fl.item_lr=$rate
   done
 done
+# The same SGD grid for dense FedAvg (the whole table on every device, the unconstrained
+# reference). Random-init DST gets none: with the densest tier at density 1.0 its first mask is
+# the full one, as federated SparseRec's (initial_top_mask), and the two methods differ in
+# nothing else, so its runs would be federated SparseRec's.
+for rate in 1 3 10 30 100; do
+  tune_retuned dense 150 fl.item_optimizer=sgd fl.item_lr=$rate
+done
