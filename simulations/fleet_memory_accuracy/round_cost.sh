@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a LastFM fleet round costs per method, item step and reply protocol, every run on the
 # same machine one after the other (the timings of the README's other tables come from the
-# machine each run happened to get, which differed by up to 3x between sessions): the recipe of
+# machine each run happened to get, about 4x apart between sessions): the recipe of
 # configs/fleets/lastfm.toml for ROUNDS rounds (test split, evaluated at the end only) with the
 # devices' item step as Adam or as plain SGD at rate 30 (README, "LastFM: the devices' item step
 # as plain SGD"), under secure summation (the recipe's) and with plain replies. Nothing else
