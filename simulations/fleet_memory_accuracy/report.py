@@ -52,9 +52,10 @@ ITEM_SGD = "item_sgd"
 #: other methods' main runs (150 rounds, theirs); Gowalla's federated SparseRec with LastFM's
 #: knobs over 1,800 rounds beside the other methods' 1,800-round runs; Gowalla's federated
 #: SparseRec over 3,600 rounds (its longest validation run) beside the 1,800-round runs; the
-#: devices' item step as plain SGD: LastFM's federated SparseRec and nested dimensions at the
-#: recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside the other methods'
-#: main runs; Gowalla's federated SparseRec at the recipe's densities beside the main runs.
+#: devices' item step as plain SGD: LastFM's federated SparseRec, nested dimensions and dense
+#: FedAvg at the recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside
+#: random-init DST's main run; Gowalla's federated SparseRec at the recipe's densities beside
+#: the main runs.
 EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
               "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
