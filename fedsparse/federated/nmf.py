@@ -21,8 +21,8 @@ import numpy as np
 from fedsparse.data import InteractionData
 from fedsparse.federated.devices import items_of
 from fedsparse.federated.faults import FaultModel, nmf_dropout
-from fedsparse.federated.secure_sum import (KeyPair, add_masked_sparse, pair_secrets,
-                                            peers_outside, summed_components)
+from fedsparse.federated.secure_sum import (KeyPair, masked_cohort_sum, pair_secrets,
+                                            summed_components)
 from fedsparse.sparse.federated import (initial_nmf_items, initial_nmf_row, nmf_item_step,
                                         nmf_user_step)
 
@@ -96,16 +96,11 @@ def masked_nmf_sum(data: InteractionData, users: np.ndarray, rows: dict[int, np.
     rows: what they send, added up by the cohort that simulates them (pairs among ``devices``
     are not masked, their masks would cancel in the sum:
     :func:`~fedsparse.federated.secure_sum.peers_outside`)."""
-    size = contribution_size(rank, data.n_items)
-    total = np.zeros(size, np.uint64)
-    inside = set(devices)
-    for device in devices:
-        positions, values = nmf_contribution(
-            rows[device], items_of(data, "train", int(users[device])), data.n_items)
-        add_masked_sparse(total, positions, values, device, keys[device],
-                          peers_outside(task.peers[device], inside), task.step,
-                          task.fraction_bits)
-    return total
+    contributions = {device: nmf_contribution(
+        rows[device], items_of(data, "train", int(users[device])), data.n_items)
+        for device in devices}
+    return masked_cohort_sum(contribution_size(rank, data.n_items), contributions, keys,
+                             task.peers, task.step, task.fraction_bits)
 
 
 def reveal_secrets(keys: dict[int, KeyPair], device: int, dropped: dict[int, bytes],

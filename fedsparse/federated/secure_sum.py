@@ -123,10 +123,13 @@ def pair_secrets(keys: KeyPair, peers: dict[int, bytes]) -> dict[int, bytes]:
     return {peer: pair_secret(keys.private, public) for peer, public in peers.items()}
 
 
-#: Entries of a pair's keystream made and added at a time (256 KB): a block that stays in the
-#: CPU's cache, where a whole keystream (2.3 MB for the LastFM fleet's training vectors, 21 MB
-#: for full Gowalla's) goes out to memory and back before it is added. On 2 cores, adding
-#: masked vectors takes 0.91 (LastFM) and 0.61 (Gowalla) of the time in blocks.
+#: Entries of a vector masked at a time (256 KB): the block of the vector and of a pair's
+#: keystream stay in the CPU's cache while every pair's keystream for it is made and added,
+#: where a whole keystream (2.3 MB for the LastFM fleet's training vectors, 21 MB for full
+#: Gowalla's) goes out to memory and back before it is added, and so does the vector for every
+#: pair. On 2 cores, adding masked vectors one pair after the other took 0.91 (LastFM) and 0.61
+#: (Gowalla) of the time in blocks; then all of a cohort's pairs block by block, about 0.75 of
+#: that.
 KEYSTREAM_BLOCK = 1 << 15
 
 
@@ -136,39 +139,43 @@ def _zero_bytes(size: int) -> memoryview:
     return memoryview(bytes(size))
 
 
-def add_pair_mask(total: np.ndarray, secret: bytes, step: int, *, subtract: bool) -> None:
-    """Add (or subtract) the mask of a pair in step ``step`` to ``total`` (uint64) in place,
-    wrapping mod 2^64: the AES-256-CTR keystream of ``secret`` with the step as nonce (a fresh
-    mask every step from one key agreement), made :data:`KEYSTREAM_BLOCK` entries at a time."""
-    encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
+def add_masks(total: np.ndarray, masks: list[tuple[bytes, bool]], step: int) -> None:
+    """Add the masks of some pairs in step ``step`` to ``total`` (uint64) in place, each
+    ``(secret, subtract)`` subtracted when ``subtract``, wrapping mod 2^64. A pair's mask is the
+    AES-256-CTR keystream of its secret with the step as nonce (a fresh mask every step from one
+    key agreement), made and added :data:`KEYSTREAM_BLOCK` entries at a time, every pair's in a
+    block before the next block."""
+    nonce = step.to_bytes(16, "little")
+    encryptors = [(Cipher(algorithms.AES(secret), modes.CTR(nonce)).encryptor(), subtract)
+                  for secret, subtract in masks]
     block = np.empty(min(KEYSTREAM_BLOCK, total.size), dtype=np.uint64)
     for start in range(0, total.size, KEYSTREAM_BLOCK):
         part = total[start:start + KEYSTREAM_BLOCK]                   # a view: updated in place
         stream = block[:part.size]
-        written = encryptor.update_into(_zero_bytes(block.nbytes)[:stream.nbytes],
-                                        memoryview(stream).cast("B"))
-        if written != stream.nbytes:
-            raise RuntimeError(f"secure sum: keystream of {written} bytes, expected "
-                               f"{stream.nbytes}")
-        if subtract:
-            part -= stream
-        else:
-            part += stream
+        zeros, out = _zero_bytes(block.nbytes)[:stream.nbytes], memoryview(stream).cast("B")
+        for encryptor, subtract in encryptors:
+            written = encryptor.update_into(zeros, out)
+            if written != stream.nbytes:
+                raise RuntimeError(f"secure sum: keystream of {written} bytes, expected "
+                                   f"{stream.nbytes}")
+            if subtract:
+                part -= stream
+            else:
+                part += stream
 
 
-def add_pair_masks(total: np.ndarray, device: int, secrets: dict[int, bytes], step: int) -> None:
-    """Add the masks of ``device``'s pairs (peer -> secret) to ``total`` (uint64) in place:
-    added where the device has the lower id, subtracted where it has the higher (wrapping mod
-    2^64)."""
-    for peer in sorted(secrets):
-        add_pair_mask(total, secrets[peer], step, subtract=device > peer)
+def device_masks(device: int, secrets: dict[int, bytes]) -> list[tuple[bytes, bool]]:
+    """The masks of ``device``'s pairs (peer -> secret) as :func:`add_masks` takes them: added
+    where the device has the lower id, subtracted where it has the higher, so they cancel in
+    the sum."""
+    return [(secrets[peer], device > peer) for peer in sorted(secrets)]
 
 
 def mask_contribution(encoded: np.ndarray, device: int, secrets: dict[int, bytes],
                       step: int) -> np.ndarray:
-    """``encoded`` (uint64) plus the masks of ``device``'s pairs (:func:`add_pair_masks`)."""
+    """``encoded`` (uint64) plus the masks of ``device``'s pairs (:func:`device_masks`)."""
     masked = encoded.copy()
-    add_pair_masks(masked, device, secrets, step)
+    add_masks(masked, device_masks(device, secrets), step)
     return masked
 
 
@@ -179,15 +186,23 @@ def mask_for_peers(encoded: np.ndarray, device: int, keys: KeyPair, peers: dict[
     return mask_contribution(encoded, device, pair_secrets(keys, peers), step)
 
 
-def add_masked_sparse(total: np.ndarray, positions: np.ndarray, values: np.ndarray,
-                      device: int, keys: KeyPair, peers: dict[int, bytes], step: int,
-                      fraction_bits: int) -> None:
-    """Add ``device``'s masked vector (``values`` at the distinct ``positions``, encoded as
-    :func:`encode_fixed_sparse` does, plus the masks it shares with its ``peers``, peer ->
-    public key) to the running sum ``total`` in place: the sum :func:`mask_for_peers` gives,
-    without building the vector."""
-    total[positions] += encode_fixed(values, fraction_bits)
-    add_pair_masks(total, device, pair_secrets(keys, peers), step)
+def masked_cohort_sum(size: int, contributions: dict[int, tuple[np.ndarray, np.ndarray]],
+                      keys: dict[int, KeyPair], peers: dict[int, dict[int, bytes]], step: int,
+                      fraction_bits: int) -> np.ndarray:
+    """The sum (size,) uint64 of the masked vectors of the devices that one party adds up
+    before sending (a SuperNode's cohort): each device's ``contributions`` (``values`` at the
+    distinct ``positions``, encoded as :func:`encode_fixed_sparse` does) plus the masks it
+    shares with its ``peers`` (device -> peer -> public key) from its ``keys``, what
+    :func:`mask_for_peers` of each would add up to; pairs among the devices are not masked
+    (:func:`peers_outside`)."""
+    total = np.zeros(size, dtype=np.uint64)
+    masks: list[tuple[bytes, bool]] = []
+    for device, (positions, values) in sorted(contributions.items()):
+        total[positions] += encode_fixed(values, fraction_bits)
+        masks += device_masks(device, pair_secrets(keys[device],
+                                                   peers_outside(peers[device], contributions)))
+    add_masks(total, masks, step)
+    return total
 
 
 def peers_outside(peers: dict[int, bytes], summed: Collection[int]) -> dict[int, bytes]:
@@ -245,6 +260,6 @@ def dangling_masks(revealed: dict[tuple[int, int], bytes], step: int, size: int)
     """What the survivors' masks with dropped peers add to their sum, from the revealed
     secrets ((survivor, dropped) -> secret); subtract it from the sum."""
     total = np.zeros(size, dtype=np.uint64)
-    for (survivor, dropped), secret in sorted(revealed.items()):
-        add_pair_mask(total, secret, step, subtract=survivor > dropped)
+    add_masks(total, [(secret, survivor > dropped)
+                      for (survivor, dropped), secret in sorted(revealed.items())], step)
     return total

@@ -37,20 +37,23 @@ def secure_vector_size(n_items: int, dim: int) -> int:
 
 @dataclass(frozen=True)
 class TierLayout:
-    """Where a tier's entries sit in its vector: the flat ids of its active entries and of its
-    inactive ones (row-major, each ascending), and the values a device received there."""
+    """Where a tier's entries sit in its vector: how many are active, the slot of every entry
+    (by flat id, row-major) among the active ones or among the inactive ones (each in
+    ascending order), and the values a device received at the active ones."""
 
     n_items: int
-    active: np.ndarray
-    inactive: np.ndarray
+    nnz: int
+    slot: np.ndarray
     received: np.ndarray
 
     @classmethod
     def of(cls, table: SparseEmbeddingTable) -> TierLayout:
         """The layout of the tier slice ``table``."""
         mask = table.mask().numpy().reshape(-1)                                # (n_items*d,)
-        return cls(n_items=table.n_rows, active=np.flatnonzero(mask),
-                   inactive=np.flatnonzero(~mask),
+        slot = np.empty(mask.size, np.int64)
+        slot[mask] = np.arange(int(mask.sum()))
+        slot[~mask] = np.arange(int((~mask).sum()))
+        return cls(n_items=table.n_rows, nnz=int(mask.sum()), slot=slot,
                    received=table.storage_arrays()["values"].astype(np.float64))   # row-major
 
 
@@ -58,12 +61,12 @@ def sparse_contribution(update: DeviceUpdate, layout: TierLayout,
                         dim: int) -> tuple[np.ndarray, np.ndarray]:
     """A device's update in its tier's layout, as (positions (N,) int64 ascending, values (N,)
     float64) of the vector's nonzero entries."""
-    nnz = len(layout.active)
-    slots = np.searchsorted(layout.active, update.entries)                     # (E,)
+    nnz = layout.nnz
+    slots = layout.slot[update.entries]                                        # (E,)
     weight = float(update.examples)
     deltas = weight * (update.values.astype(np.float64) - layout.received[slots])
     rows = np.unique(update.entries // dim)
-    grow_slots = np.searchsorted(layout.inactive, update.grow_entries)         # (G,)
+    grow_slots = layout.slot[update.grow_entries]                              # (G,)
     positions = np.concatenate([slots, nnz + rows, nnz + layout.n_items + grow_slots])
     values = np.concatenate([deltas, np.full(len(rows), weight),
                              update.grow_scores.astype(np.float64)])

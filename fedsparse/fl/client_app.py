@@ -38,10 +38,11 @@ from fedsparse.federated.faults import FaultModel, is_offline
 from fedsparse.federated.fleet import cohort_of, fleet_users
 from fedsparse.federated.nmf import MaskedStep, masked_nmf_sum, nmf_row_steps, reveal_secrets
 from fedsparse.federated.protocol import pack_secure_metrics, pack_updates
-from fedsparse.federated.secure_sum import KeyPair, add_masked_sparse, peers_outside
+from fedsparse.federated.secure_sum import KeyPair, masked_cohort_sum
 from fedsparse.federated.secure_training import secure_vector_size
-from fedsparse.fl.records import (arrays_record, device_key, keys_record, record_arrays,
-                                  record_keys, slice_from_record)
+from fedsparse.fl.records import (KEY_RECORD, PEERS_RECORD, arrays_record, device_key,
+                                  keys_record, record_arrays, record_keys, record_peers,
+                                  slice_from_record)
 from fedsparse.sparse import SparseEmbeddingTable
 from fedsparse.train.device import LocalTraining
 
@@ -194,24 +195,18 @@ def _masked_training_sums(msg: Message, context: Context, contributions: Contrib
                           n_items: int, dim: int) -> dict[str, ArrayRecord]:
     """``secure.<tier>``: the sum (mod 2^64) of the masked vectors of the cohort's devices in
     each tier, and which devices are in it (pairs inside a sum are not masked: their masks
-    would cancel in it, :func:`~fedsparse.federated.secure_sum.peers_outside`)."""
+    would cancel in it: :func:`~fedsparse.federated.secure_sum.masked_cohort_sum`)."""
     config = msg.content["config"]
-    keys, size = _key_pairs(context), secure_vector_size(n_items, dim)
-    step, bits = int(config["secure-step"]), int(config["fraction-bits"])
-    sums: dict[int, tuple[np.ndarray, list[int]]] = {}
-    in_sum: dict[int, set[int]] = {}
-    for device, (tier, _) in contributions.items():
-        in_sum.setdefault(tier, set()).add(device)
-    for device in sorted(contributions):
-        tier, (positions, values) = contributions[device]
-        peers = peers_outside(record_keys(msg.content[device_key("peers", device)]),
-                              in_sum[tier])
-        total, sent = sums.setdefault(tier, (np.zeros(size, np.uint64), []))
-        add_masked_sparse(total, positions, values, device, keys[device], peers, step, bits)
-        sent.append(device)
-    return {device_key("secure", tier): arrays_record({"masked": total,
-                                                        "devices": np.array(sent, np.int64)})
-            for tier, (total, sent) in sums.items()}
+    keys, peers = _key_pairs(context), record_peers(msg.content[PEERS_RECORD])
+    by_tier: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for device, (tier, contribution) in sorted(contributions.items()):
+        by_tier.setdefault(tier, {})[device] = contribution
+    return {device_key("secure", tier): arrays_record({
+        "masked": masked_cohort_sum(secure_vector_size(n_items, dim), tier_contributions, keys,
+                                    peers, int(config["secure-step"]),
+                                    int(config["fraction-bits"])),
+        "devices": np.array(sorted(tier_contributions), np.int64)})
+        for tier, tier_contributions in sorted(by_tier.items())}
 
 
 @app.evaluate()
@@ -282,8 +277,8 @@ def _secure_keys(msg: Message, context: Context, data: InteractionData, users: n
         "devices": np.array(devices, np.int64),
         "private": np.array([list(pairs[d].private) for d in devices], np.uint8),
         "public": np.array([list(pairs[d].public) for d in devices], np.uint8)})
-    return RecordDict({device_key("key", device): keys_record({device: pairs[device].public})
-                       for device in devices})
+    return RecordDict({KEY_RECORD: keys_record({device: pairs[device].public
+                                                for device in devices})})
 
 
 def _nmf_step(msg: Message, context: Context, data: InteractionData, users: np.ndarray,
@@ -291,10 +286,10 @@ def _nmf_step(msg: Message, context: Context, data: InteractionData, users: np.n
     """One masked NMF step of the addressed devices (``nmf``), or their masked contributions
     again from their current rows (``nmf-resend``); the cohort's sum goes up."""
     config = msg.content["config"]
+    peers = record_peers(msg.content[PEERS_RECORD])
     task = MaskedStep(step=int(config["step"]),
                       h=msg.content["h"]["h"].numpy() if "h" in msg.content else None,
-                      peers={device: record_keys(msg.content[device_key("peers", device)])
-                             for device in devices},
+                      peers={device: peers[device] for device in devices},
                       fraction_bits=int(config["fraction-bits"]))
     saved = record_arrays(context.state["nmf"]) if "nmf" in context.state else {}
     rows = dict(zip(saved["devices"].tolist(), saved["w"])) if saved else {}

@@ -30,8 +30,9 @@ from fedsparse.federated.nmf import (Unmasking, contribution_size, nmf_server_st
 from fedsparse.federated.secure_sum import dangling_masks, decode_fixed, mask_graph
 from fedsparse.federated.secure_training import TRAINING_STEP_BASE
 from fedsparse.federated.server import OpenedSums
-from fedsparse.fl.records import (arrays_record, config_record, device_key, keys_record,
-                                  record_arrays, record_keys)
+from fedsparse.fl.records import (KEY_RECORD, PEERS_RECORD, arrays_record, config_record,
+                                  device_key, keys_record, own_key_bytes, own_peers_bytes,
+                                  peers_record, record_arrays, record_keys)
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse.federated import initial_nmf_items
@@ -80,16 +81,13 @@ def collect_public_keys(grid: Grid, addressed: dict[int, list[int]],
     replies = query_all(grid, list(addressed), [_content(config, "secure-keys", devices)
                                                 for devices in addressed.values()])
     public: dict[int, bytes] = {}
-    key_bytes: dict[int, int] = {}
     for reply in replies:
-        records = reply.content.array_records                  # a view built on each access
-        for device in addressed[int(reply.metadata.src_node_id)]:
-            key = device_key("key", device)
-            record = records.get(key)
-            if record is not None:
-                public.update(record_keys(record))
-                key_bytes[device] = _record_bytes(key, record)
-    return public, key_bytes
+        record = reply.content.array_records.get(KEY_RECORD)
+        if record is not None:
+            asked = set(addressed[int(reply.metadata.src_node_id)])
+            public.update({device: key for device, key in record_keys(record).items()
+                           if device in asked})
+    return public, {device: own_key_bytes() for device in public}
 
 
 def masked_sums(replies: list[Message], size: int,
@@ -114,17 +112,32 @@ def masked_sums(replies: list[Message], size: int,
 
 
 @dataclass(frozen=True)
-class SecureGroup:
-    """Devices whose masked vectors add up to one sum: the mask graph, their public keys,
-    and the name of their sums' records."""
+class MaskPeers:
+    """Devices' peers in the mask graph and the devices' public keys: what a message tells
+    the devices it addresses about their peers (:class:`~fedsparse.fl.strategy.
+    CohortRecords`)."""
 
     peers: dict[int, list[int]]
     public: dict[int, bytes]
-    record: str
 
-    def peer_record(self, device: int) -> ArrayRecord:
-        """``device``'s peers' public keys, as it gets them."""
-        return keys_record({peer: self.public[peer] for peer in self.peers[device]})
+    def records(self, devices: list[int]) -> dict[str, ArrayRecord]:
+        """The ``devices``' peers with their public keys, as they get them (a device outside
+        the graph, which sent no key, has none)."""
+        return {PEERS_RECORD: peers_record({device: self.peers[device] for device in devices
+                                            if device in self.peers}, self.public)}
+
+    def own_bytes(self, device: int) -> int:
+        """Bytes of the peers record of a message to ``device`` alone (0 outside the
+        graph)."""
+        return own_peers_bytes(len(self.peers[device])) if device in self.peers else 0
+
+
+@dataclass(frozen=True)
+class SecureGroup(MaskPeers):
+    """Devices whose masked vectors add up to one sum: the mask graph, their public keys,
+    and the name of their sums' records."""
+
+    record: str
 
 
 def open_sum(grid: Grid, node_devices: dict[int, list[int]], config: dict, group: SecureGroup,
@@ -230,8 +243,8 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
         down = {"h": arrays_record({"h": h})} if step > 1 else {}
 
         def work(question: str, devices: list[int]) -> RecordDict:
-            return _content({**base, "step": step}, question, devices, {
-                **down, **{device_key("peers", d): group.peer_record(d) for d in devices}})
+            return _content({**base, "step": step}, question, devices,
+                            {**down, **group.records(devices)})
 
         addressed = by_node(node_devices, list(group.peers))
         replies = query_all(grid, list(addressed), [work("nmf", devices)
@@ -251,10 +264,9 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
             "left-out": len(plan.excluded), "summed": sum(map(len, plan.components)),
             "up-bytes-per-device": (float(np.mean(list(key_bytes.values()))) if step == 1 else 0)
             + _masked_record_bytes("nmf", size) + sum(extra.values()) / max(sent, 1),
-            "down-bytes-per-device": float(np.mean([
-                _record_bytes(device_key("peers", device), group.peer_record(device))
-                for device in group.peers])) + sum(_record_bytes(key, record)
-                                                      for key, record in down.items())})
+            "down-bytes-per-device": float(np.mean([group.own_bytes(device)
+                                                    for device in group.peers]))
+            + sum(_record_bytes(key, record) for key, record in down.items())})
         logger.debug("federated NMF iteration %d: |H| %.4g", step, np.linalg.norm(h))
     return h, gram, history
 
@@ -277,9 +289,9 @@ def secure_train_round(strategy: SparseFedStrategy, grid: Grid, server_round: in
                          privacy.mask_neighbours,
                          numpy_rng_for(cfg.seed, server_round, tier, "secure-sum-graph")),
         public=public, record=device_key("secure", tier)) for tier in tiers}
-    records = {device: {device_key("peers", device): group.peer_record(device)}
-               for group in groups.values() for device in group.peers}
-    messages = strategy.configure_train(server_round, None, None, grid, records=records)
+    peers = MaskPeers(peers={device: linked for group in groups.values()
+                             for device, linked in group.peers.items()}, public=public)
+    messages = strategy.configure_train(server_round, None, None, grid, records=peers)
     replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS))
     outcomes = strategy.secure_outcomes(server_round, replies)
     sums = masked_sums([reply for reply in replies if not reply.has_error()],
@@ -292,8 +304,7 @@ def secure_train_round(strategy: SparseFedStrategy, grid: Grid, server_round: in
             grid, strategy.node_devices, base, group, masked, step=step,
             min_aggregate=privacy.min_aggregate,
             resend=lambda chosen: _content({**train_config, **base}, "train-resend", chosen,
-                                           {key: record for d in chosen
-                                            for key, record in records[d].items()}))
+                                           peers.records(chosen)))
         for device, count in more.items():
             extra[device] = extra.get(device, 0) + count
         if total is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -26,6 +26,18 @@ from fedsparse.fl.records import (config_record, device_key, message_bytes, reco
                                   slice_record)
 
 logger = logging.getLogger(__name__)
+
+
+class CohortRecords(Protocol):
+    """Records about each device that a message carries for all the devices it addresses
+    together (under secure summation, their mask peers: :class:`~fedsparse.fl.secure_rounds.
+    MaskPeers`)."""
+
+    def records(self, devices: list[int]) -> dict[str, ArrayRecord]:
+        """The records of a message addressing ``devices``."""
+
+    def own_bytes(self, device: int) -> int:
+        """Bytes of those records in a message to ``device`` alone, with their keys."""
 
 
 class SparseFedStrategy(Strategy):
@@ -53,11 +65,11 @@ class SparseFedStrategy(Strategy):
 
     def _messages(self, server_round: int, devices: list[int], message_type: str,
                   extra: dict[str, Any] | None = None,
-                  records: dict[int, dict[str, ArrayRecord]] | None = None) -> list[Message]:
+                  records: CohortRecords | None = None) -> list[Message]:
         """One message per SuperNode with any of ``devices``: the tier slices its devices need
-        (once per tier), the config naming them and each device's own ``records`` (its mask
-        peers' keys under secure summation). Each device is charged its own records: its
-        tier's slice, the config of a message to it alone and its own records."""
+        (once per tier), the config naming them and ``records`` about them (their mask peers
+        under secure summation). Each device is charged its own records: its tier's slice, the
+        config and ``records`` of a message to it alone."""
         server = self.server
         slices: dict[int, ArrayRecord] = {}
         own_bytes: dict[int, int] = {}     # per tier: a ConfigRecord's bytes depend on its keys
@@ -70,9 +82,8 @@ class SparseFedStrategy(Strategy):
                 own = config_record({**server.device_config(server_round, [(device, tier)]),
                                      **(extra or {})})
                 own_bytes[tier] = slices[tier].count_bytes() + own.count_bytes()
-            mine = (records or {}).get(device, {})
-            server.charge_down(device, own_bytes[tier] + sum(
-                record.count_bytes() + len(key) for key, record in mine.items()))
+            server.charge_down(device, own_bytes[tier] + (
+                0 if records is None else records.own_bytes(device)))
             by_node.setdefault(self.device_nodes[device], []).append((device, tier))
         self._sent = {}
         messages = []
@@ -83,18 +94,17 @@ class SparseFedStrategy(Strategy):
             content = RecordDict({"config": config_record(config)})
             for tier in sorted({tier for _, tier in pairs}):
                 content[device_key("item", tier)] = slices[tier]
-            for device, _ in pairs:
-                for key, record in (records or {}).get(device, {}).items():
-                    content[key] = record
+            if records is not None:
+                content.update(records.records([device for device, _ in pairs]))
             self._sent[node] = [device for device, _ in pairs]
             messages.append(Message(content=content, dst_node_id=node, message_type=message_type))
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid, records: dict[int, dict[str, ArrayRecord]] | None = None
+                        grid: Grid, records: CohortRecords | None = None
                         ) -> Iterable[Message]:
         """One TRAIN message per SuperNode with sampled devices, with their tiers' slices and
-        each device's own ``records``. ``arrays`` and ``config`` are not used: the global state
+        ``records`` about them. ``arrays`` and ``config`` are not used: the global state
         lives in the server half."""
         devices = self.server.sample_devices(server_round)
         self.sampled = len(devices)

@@ -10,11 +10,11 @@ from fedsparse.federated.faults import FaultModel
 from fedsparse.federated.nmf import (MaskedStep, contribution_size, masked_nmf_sum,
                                      nmf_contribution, nmf_row_steps, nmf_server_step,
                                      plan_unmasking, reveal_secrets)
-from fedsparse.federated.secure_sum import (KEYSTREAM_BLOCK, KeyPair, add_masked_sparse,
-                                            add_pair_mask, dangling_masks, decode_fixed,
-                                            encode_fixed, encode_fixed_sparse, mask_contribution,
-                                            mask_for_peers, mask_graph, pair_secret,
-                                            peers_outside, summed_components)
+from fedsparse.federated.secure_sum import (KEYSTREAM_BLOCK, KeyPair, add_masks,
+                                            dangling_masks, decode_fixed, encode_fixed,
+                                            encode_fixed_sparse, mask_contribution,
+                                            mask_for_peers, mask_graph, masked_cohort_sum,
+                                            pair_secret, peers_outside, summed_components)
 from fedsparse.sparse.federated import initial_nmf_items, initial_nmf_row, nmf_multiplicative
 
 BITS = 40
@@ -61,16 +61,22 @@ def test_fixed_point_round_trips_within_half_a_step_and_rejects_what_does_not_fi
 
 
 @pytest.mark.parametrize("size", [5, KEYSTREAM_BLOCK, 2 * KEYSTREAM_BLOCK + 3])
-def test_a_pair_mask_made_block_by_block_is_the_whole_aes_ctr_keystream(size):
-    secret, step = bytes(range(32)), 7
-    encryptor = Cipher(algorithms.AES(secret), modes.CTR(step.to_bytes(16, "little"))).encryptor()
-    stream = np.frombuffer(encryptor.update(bytes(8 * size)), np.uint64)
+def test_masks_made_block_by_block_are_the_whole_aes_ctr_keystreams(size):
+    """Each pair's mask is its secret's AES-CTR keystream, added or subtracted mod 2^64,
+    whatever the blocks; one pair alone or three interleaved block by block."""
+    step = 7
+    secrets = [bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))]
+    streams = [np.frombuffer(Cipher(algorithms.AES(secret), modes.CTR(
+        step.to_bytes(16, "little"))).encryptor().update(bytes(8 * size)), np.uint64)
+        for secret in secrets]
     start = np.arange(size, dtype=np.uint64) * np.uint64(2 ** 61)      # wraps mod 2^64 below
-    added, subtracted = start.copy(), start.copy()
-    add_pair_mask(added, secret, step, subtract=False)
-    add_pair_mask(subtracted, secret, step, subtract=True)
-    np.testing.assert_array_equal(added, start + stream)
-    np.testing.assert_array_equal(subtracted, start - stream)
+    added, subtracted, several = start.copy(), start.copy(), start.copy()
+    add_masks(added, [(secrets[0], False)], step)
+    add_masks(subtracted, [(secrets[0], True)], step)
+    add_masks(several, [(secrets[0], False), (secrets[1], True), (secrets[2], False)], step)
+    np.testing.assert_array_equal(added, start + streams[0])
+    np.testing.assert_array_equal(subtracted, start - streams[0])
+    np.testing.assert_array_equal(several, start + streams[0] - streams[1] + streams[2])
 
 
 def test_mask_graph_is_symmetric_connected_and_survives_dropouts():
@@ -118,16 +124,21 @@ def test_a_cohort_that_skips_its_inner_pairs_sends_the_same_sum():
     assert not np.array_equal(outer_pairs, sum(vectors[d] for d in cohort))   # still masked
 
 
-def test_adding_a_sparse_masked_vector_in_place_gives_the_masked_vector():
+def test_a_cohorts_masked_sum_of_sparse_vectors_is_the_sum_of_their_masked_vectors():
+    """Devices 2 and 3 summed by one party: the sum of their masked vectors, each from its
+    sparse contribution; the pair between them cancels, so it need not be made."""
     rng = np.random.default_rng(5)
     keys = seeded_keys(range(6))
-    peers = {1: keys[1].public, 4: keys[4].public}
-    positions, values = np.array([0, 7, 30]), rng.normal(size=3)
-    total = np.arange(40, dtype=np.uint64)                     # a running sum
-    add_masked_sparse(total, positions, values, 3, keys[3], peers, 9, BITS)
-    expected = np.arange(40, dtype=np.uint64) + mask_for_peers(
-        encode_fixed_sparse(positions, values, 40, BITS), 3, keys[3], peers, 9)
+    peers = {2: {3: keys[3].public, 5: keys[5].public},
+             3: {1: keys[1].public, 2: keys[2].public, 4: keys[4].public}}
+    contributions = {device: (np.array([0, 7, 30 + device]), rng.normal(size=3))
+                     for device in peers}
+    total = masked_cohort_sum(40, contributions, keys, peers, 9, BITS)
+    expected = sum(mask_for_peers(encode_fixed_sparse(*contributions[device], 40, BITS), device,
+                                  keys[device], peers[device], 9) for device in peers)
     assert np.array_equal(total, expected)
+    assert not np.array_equal(total, sum(encode_fixed_sparse(*contributions[device], 40, BITS)
+                                         for device in peers))         # pairs outside: masked
 
 
 def test_a_single_masked_contribution_is_indistinguishable_from_uniform_noise():

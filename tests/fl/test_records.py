@@ -15,7 +15,8 @@ from fedsparse.federated.protocol import (Expected, decode_update, encode_update
                                           reply_metrics, unpack_updates)
 from fedsparse.federated.server import FleetServer
 from fedsparse.fl.client_app import evaluate, train
-from fedsparse.fl.records import arrays_record, record_arrays, slice_from_record, slice_record
+from fedsparse.fl.records import (PEERS_RECORD, arrays_record, own_peers_bytes, peers_record,
+                                  record_arrays, record_peers, slice_from_record, slice_record)
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
@@ -39,6 +40,20 @@ def test_slice_that_does_not_fit_is_refused():
     record["row_counts"] = Array(np.zeros(30, np.uint8))
     with pytest.raises(ValueError, match="row_counts"):
         slice_from_record(record, 30, 16)
+
+
+def test_a_cohorts_peers_travel_in_one_record_and_each_device_is_charged_its_own():
+    """Three devices' mask peers (one without any) round-trip through one record; what one
+    device is charged is the bytes of the record a message to it alone carries."""
+    public = {peer: bytes([peer]) * 32 for peer in range(10)}
+    peers = {4: [1, 7, 9], 2: [3], 6: []}
+    back = record_peers(peers_record(peers, public))
+    assert back == {device: {peer: public[peer] for peer in linked}
+                    for device, linked in peers.items()}
+    assert list(back) == [2, 4, 6]
+    for device, linked in peers.items():
+        alone = peers_record({device: linked}, public)
+        assert own_peers_bytes(len(linked)) == alone.count_bytes() + len(PEERS_RECORD)
 
 
 def test_update_round_trips():
