@@ -28,9 +28,9 @@ records are per tier or per device, named ``<kind>.<id>`` (:func:`device_key`):
 
 What one device sends and receives is its own records: the records a message to it alone
 would carry (:func:`message_bytes` of those is what the byte ledger counts). The cohort's keys
-and peers travel as one record each, not one per device: Flower encodes every array of a
-record on its own, which for 1,878 devices' few bytes each cost a second of the server's time
-in every secure round.
+and peers travel as one record each, not one per device: building, counting and reading
+1,878 devices' peer records took 0.5 to 1.5 s of every secure LastFM round, one record per
+cohort 0.01 to 0.04 s.
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def record_peers(record: ArrayRecord) -> dict[int, dict[int, bytes]]:
 
 @lru_cache(maxsize=64)
 def own_peers_bytes(count: int) -> int:
-    """Bytes of the :data:`PEERS_RECORD` a message to one device with ``count`` mask peers carries,
-    with its key (they depend on the count alone)."""
+    """Bytes of the :data:`PEERS_RECORD` that a message to one device with ``count`` mask peers
+    carries, with its key (they depend on the count alone)."""
     fake = {peer: bytes(KEY_BYTES) for peer in range(1, count + 1)}
     return peers_record({0: list(fake)}, fake).count_bytes() + len(PEERS_RECORD)
 

@@ -145,4 +145,17 @@ gowalla_run "$here/results/item_sgd/gowalla_sparserec_seed0" sparserec \
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs
+# The Quickstart as the README runs it (with its centralized reference), timed, alone on the
+# machine, and at the recipe's learning rate before tune.sh step 11 doubled it: README,
+# "LastFM: the recipe, tuned on validation data" (its last bullet). Large files are dropped.
+quickstart_run() {  # quickstart_run OUT [KEY=VALUE ...]
+  local out=$1; shift
+  [ -f "$out/metrics.json" ] && return
+  /usr/bin/time -f "%e s wall" -o "$out.time" fedsparse simulate configs/quickstart.toml \
+      "${@/#/--set=}" --out "$out"
+  mv "$out.time" "$out/wall_seconds.txt"
+  rm -rf "$out/model.npz" "$out/checkpoint" "$out/memory_vs_accuracy.png" "$out/reference/model.npz"
+}
+quickstart_run "$here/results/quickstart/lr0.1_rounds50"
+quickstart_run "$here/results/quickstart/lr0.05_rounds50" fl.lr=0.05
 python "$here/report.py"

@@ -14,8 +14,9 @@ Recall@20 per evaluated round.
         --set fl.l2=0.01 --set fl.server_lr=5
 
 Tuning runs use plain training replies (``fl.privacy.training = "plain"``): secure summation
-aggregates exactly the same sums (``tests/federated/test_secure_training.py``) at about three
-times the seconds per round. Run it alone on the machine (a simulation uses every core).
+aggregates exactly the same sums (``tests/federated/test_secure_training.py``) at 1.4 to 2.2
+times the seconds per round (README, "what a round costs"). Run it alone on the machine (a
+simulation uses every core).
 """
 
 from __future__ import annotations
