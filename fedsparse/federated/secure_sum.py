@@ -127,9 +127,9 @@ def pair_secrets(keys: KeyPair, peers: dict[int, bytes]) -> dict[int, bytes]:
 #: keystream stay in the CPU's cache while every pair's keystream for it is made and added,
 #: where a whole keystream (2.3 MB for the LastFM fleet's training vectors, 21 MB for full
 #: Gowalla's) goes out to memory and back before it is added, and so does the vector for every
-#: pair. On 2 cores, masking a pair at a time took 0.91 (LastFM) and 0.61 (Gowalla) of the
-#: time in blocks than in whole keystreams; then all of a cohort's pairs block by block took
-#: 0.54 to 0.69 of the time a pair at a time (a LastFM tier of 313 devices, 2 pairs each).
+#: pair. On 2 cores, one pair's mask in blocks took 0.91 (LastFM) and 0.61 (Gowalla) of the
+#: time of its whole keystream; all of a cohort's pairs block by block then took 0.54 to 0.69
+#: of the time of one pair after the other (a LastFM tier of 313 devices, 2 pairs each).
 KEYSTREAM_BLOCK = 1 << 15
 
 
