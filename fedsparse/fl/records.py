@@ -114,18 +114,23 @@ def record_peers(record: ArrayRecord) -> dict[int, dict[int, bytes]]:
             for device, count, end in zip(arrays["devices"], arrays["counts"], ends)}
 
 
+def named_record_bytes(key: str, record: ArrayRecord) -> int:
+    """Bytes of one record as Flower counts it, with its key."""
+    return record.count_bytes() + len(key)
+
+
 @lru_cache(maxsize=64)
 def own_peers_bytes(count: int) -> int:
     """Bytes of the :data:`PEERS_RECORD` that a message to one device with ``count`` mask peers
     carries, with its key (they depend on the count alone)."""
     fake = {peer: bytes(KEY_BYTES) for peer in range(1, count + 1)}
-    return peers_record({0: list(fake)}, fake).count_bytes() + len(PEERS_RECORD)
+    return named_record_bytes(PEERS_RECORD, peers_record({0: list(fake)}, fake))
 
 
 @lru_cache(maxsize=1)
 def own_key_bytes() -> int:
     """Bytes of the :data:`KEY_RECORD` one device sends, with its key."""
-    return keys_record({0: bytes(KEY_BYTES)}).count_bytes() + len(KEY_RECORD)
+    return named_record_bytes(KEY_RECORD, keys_record({0: bytes(KEY_BYTES)}))
 
 
 def device_key(kind: str, device: int | str) -> str:

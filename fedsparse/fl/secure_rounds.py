@@ -31,8 +31,8 @@ from fedsparse.federated.secure_sum import dangling_masks, decode_fixed, mask_gr
 from fedsparse.federated.secure_training import TRAINING_STEP_BASE
 from fedsparse.federated.server import OpenedSums
 from fedsparse.fl.records import (KEY_RECORD, PEERS_RECORD, arrays_record, config_record,
-                                  device_key, keys_record, own_key_bytes, own_peers_bytes,
-                                  peers_record, record_arrays, record_keys)
+                                  device_key, keys_record, named_record_bytes, own_key_bytes,
+                                  own_peers_bytes, peers_record, record_arrays, record_keys)
 from fedsparse.fl.strategy import SparseFedStrategy
 from fedsparse.seeding import numpy_rng_for
 from fedsparse.sparse.federated import initial_nmf_items
@@ -59,11 +59,6 @@ def _content(config: dict, question: str, devices: list[int],
              records: dict[str, ArrayRecord] | None = None) -> RecordDict:
     return RecordDict({"config": config_record({**config, "question": question,
                                                 "devices": devices}), **(records or {})})
-
-
-def _record_bytes(key: str, record: ArrayRecord) -> int:
-    """Bytes of one record as Flower counts it, with its key."""
-    return record.count_bytes() + len(key)
 
 
 def by_node(node_devices: dict[int, list[int]], devices: list[int]) -> dict[int, list[int]]:
@@ -182,14 +177,14 @@ def open_sum(grid: Grid, node_devices: dict[int, list[int]], config: dict, group
                     raise FedsparseError(f"secure sum: no reveal from device {device}")
                 revealed.update({(device, peer): secret
                                  for peer, secret in record_keys(record).items()})
-                extra[device] = extra.get(device, 0) + _record_bytes(key, record)
+                extra[device] = extra.get(device, 0) + named_record_bytes(key, record)
     return total - dangling_masks(revealed, step, size), plan, extra
 
 
 def _masked_record_bytes(record: str, size: int) -> int:
     """Bytes of one device's own masked-vector record (its key and arrays)."""
-    return _record_bytes(record, arrays_record({"masked": np.zeros(size, np.uint64),
-                                                "devices": np.zeros(1, np.int64)}))
+    return named_record_bytes(record, arrays_record({"masked": np.zeros(size, np.uint64),
+                                                     "devices": np.zeros(1, np.int64)}))
 
 
 def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: ExperimentConfig,
@@ -266,7 +261,7 @@ def federated_nmf(grid: Grid, node_devices: dict[int, list[int]], cfg: Experimen
             + _masked_record_bytes("nmf", size) + sum(extra.values()) / max(sent, 1),
             "down-bytes-per-device": float(np.mean([group.own_bytes(device)
                                                     for device in group.peers]))
-            + sum(_record_bytes(key, record) for key, record in down.items())})
+            + sum(named_record_bytes(key, record) for key, record in down.items())})
         logger.debug("federated NMF iteration %d: |H| %.4g", step, np.linalg.norm(h))
     return h, gram, history
 
