@@ -146,8 +146,9 @@ python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs
 # The Quickstart as the README runs it (with its centralized reference), timed, alone on the
-# machine, and at the recipe's learning rate before tune.sh step 11 doubled it: README,
-# "LastFM: the recipe, tuned on validation data" (its last bullet). Large files are dropped.
+# machine, and at the recipe's steps before tune.sh step 11 raised them (the devices' rate, then
+# the server's step): README, "LastFM: the recipe, tuned on validation data" (its last
+# bullet). Large files are dropped.
 quickstart_run() {  # quickstart_run OUT [KEY=VALUE ...]
   local out=$1; shift
   [ -f "$out/metrics.json" ] && return
@@ -156,6 +157,7 @@ quickstart_run() {  # quickstart_run OUT [KEY=VALUE ...]
   mv "$out.time" "$out/wall_seconds.txt"
   rm -rf "$out/model.npz" "$out/checkpoint" "$out/memory_vs_accuracy.png" "$out/reference/model.npz"
 }
-quickstart_run "$here/results/quickstart/lr0.1_rounds50"
-quickstart_run "$here/results/quickstart/lr0.05_rounds50" fl.lr=0.05
+quickstart_run "$here/results/quickstart/lr0.1_server_lr5_rounds50"
+quickstart_run "$here/results/quickstart/lr0.1_rounds50" fl.server_lr=3
+quickstart_run "$here/results/quickstart/lr0.05_rounds50" fl.lr=0.05 fl.server_lr=3
 python "$here/report.py"
