@@ -55,7 +55,7 @@ ITEM_SGD = "item_sgd"
 #: devices' item step as plain SGD: LastFM's federated SparseRec, nested dimensions and dense
 #: FedAvg at the recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside
 #: random-init DST's main run; Gowalla's federated SparseRec at the recipe's densities beside
-#: the main runs.
+#: the main runs, at the SGD rates 3 and 10.
 EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
               "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
@@ -63,7 +63,8 @@ EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, 
                              HERE / "results" / "longer"),
               "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer"),
               "item-sgd": (HERE / "results" / "item_sgd", {"lastfm": ITEM_SGD},
-                           HERE / "results")}
+                           HERE / "results"),
+              "item-sgd-rate10": (HERE / "results" / "item_sgd_rate10", {}, HERE / "results")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
