@@ -142,8 +142,8 @@ refit="--setting 10:0.03 --setting 10:0.01" \
 gowalla_run "$here/results/item_sgd/gowalla_sparserec_seed0" sparserec \
     --set fl.item_optimizer=sgd --set fl.item_lr=3 --set fl.tiers.wot.budget_bytes=1433738 \
     --set fl.tiers.phone.budget_bytes=2202968 --set fl.tiers.flagship.budget_bytes=3605117
-# The same at rate 10, better on validation (tune.sh): README, "Gowalla: the devices' item step
-# as plain SGD".
+# The same at rate 10, better on validation (tune.sh): README, "Gowalla: the SGD item step at
+# rate 10".
 gowalla_run "$here/results/item_sgd_rate10/gowalla_sparserec_seed0" sparserec \
     --set fl.item_optimizer=sgd --set fl.item_lr=10 --set fl.tiers.wot.budget_bytes=1433738 \
     --set fl.tiers.phone.budget_bytes=2202968 --set fl.tiers.flagship.budget_bytes=3605117
