@@ -7,10 +7,10 @@ cd "$(dirname "$0")/../.."
 here=simulations/fault_tolerance
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 # The quickstart fleet (1,878 devices, three tiers, federated SparseRec, every device sampled
-# in each of 80 rounds: the converged recipe at its learning rate, secure summation; the
-# Quickstart itself now runs 50 at twice the rate), without its centralized reference (the
-# same for every run).
-base=(--set fl.rounds=80 --set fl.lr=0.05 --set fl.reference_config=\"\")
+# in each of 80 rounds: the converged recipe at its learning rate and server step, secure
+# summation; the Quickstart itself now runs 50 at twice the rate and server step 5), without
+# its centralized reference (the same for every run).
+base=(--set fl.rounds=80 --set fl.lr=0.05 --set fl.server_lr=3 --set fl.reference_config=\"\")
 # Stragglers: WoT devices take 10 local steps per simulated second, phones 25, flagships 50,
 # times a log-normal factor (sigma 0.5); replies after 0.6 s are late (about twice the 0.3 s
 # that left a fifth of the replies late with batches of 8: batches of 4 take twice the steps).
