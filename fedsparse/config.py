@@ -160,6 +160,12 @@ class TierConfig:
     steps_per_second: float = _option(100.0, low=0.0, open_low=True,
                                       doc="simulated compute speed: local steps per second on "
                                           "the round clock (stragglers, fl.deadline_seconds)")
+    item_optimizer: str = _option("", choices=("", *ITEM_OPTIMIZERS),
+                                  doc="this tier's step on its item slice (\"\": "
+                                      "fl.item_optimizer); its budget holds that step's state")
+    item_lr: float = _option(0.0, low=0.0,
+                             doc="this tier's SGD learning rate on its item slice (0: "
+                                 "fl.item_lr)")
 
 
 @dataclass(frozen=True, kw_only=True)

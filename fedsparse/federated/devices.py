@@ -9,7 +9,7 @@ and, in a simulation, in state files (:mod:`fedsparse.federated.checkpoint`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from fedsparse.federated.pseudo_items import add_pseudo_items
 from fedsparse.federated.secure_training import TierLayout, sparse_contribution
 from fedsparse.seeding import generator_for
 from fedsparse.sparse import SparseEmbeddingTable
-from fedsparse.train.device import LocalTraining, UserRow, model_bytes, rank_with_items
+from fedsparse.train.device import (DeviceUpdate, LocalTraining, UserRow, model_bytes,
+                                    rank_with_items)
 
 
 @dataclass
@@ -90,6 +91,8 @@ class TrainRound:
     tier_growth_topk: list[int]
     tier_steps_per_second: list[float]
     faults: FaultModel
+    tier_item_optimizer: list[str] = field(default_factory=list)
+    tier_item_lr: list[float] = field(default_factory=list)
     secure: bool = False
     deadline_seconds: float = 0.0
     pseudo_items: float = 0.0
@@ -116,6 +119,19 @@ def items_of(data: InteractionData, split: str, user: int) -> np.ndarray:
     return matrix.indices[matrix.indptr[user]:matrix.indptr[user + 1]].astype(np.int64)
 
 
+def _train_by_item_step(tasks: list[DeviceTask]) -> list[tuple[DeviceUpdate, UserRow] | str]:
+    """:func:`train_cohort` on the tasks of each item step (a cohort trains one), the results
+    in the order of ``tasks``."""
+    groups: dict[tuple[str, float], list[int]] = {}
+    for index, task in enumerate(tasks):
+        groups.setdefault((task.hp.item_optimizer, task.hp.item_lr), []).append(index)
+    results: list[tuple[DeviceUpdate, UserRow] | str] = [""] * len(tasks)
+    for members in groups.values():
+        for index, result in zip(members, train_cohort([tasks[i] for i in members])):
+            results[index] = result
+    return results
+
+
 def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                   sampled: list[tuple[int, int]], tables: dict[int, SparseEmbeddingTable],
                   spec: TrainRound) -> dict[int, DeviceReply]:
@@ -135,6 +151,9 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
             replies[device] = DeviceReply(error=f"simulated {fault}", simulated_fault=True)
             continue
         hp = replace(spec.hp, growth_topk=spec.tier_growth_topk[tier])
+        if spec.tier_item_optimizer:                     # else every tier steps by hp's
+            hp = replace(hp, item_optimizer=spec.tier_item_optimizer[tier],
+                         item_lr=spec.tier_item_lr[tier])
         tasks.append(DeviceTask(device=device, item_table=tables[tier], user=state.row(device),
                                 positives=items_of(data, "train", int(users[device])), hp=hp,
                                 generator=generator_for(spec.seed, spec.server_round, device,
@@ -142,7 +161,7 @@ def train_devices(data: InteractionData, users: np.ndarray, state: CohortState,
                                 budget_bytes=spec.tier_budget_bytes[tier] or None))
         task_tiers.append((tier, faults))
     layouts: dict[int, TierLayout] = {}
-    for task, (tier, faults), result in zip(tasks, task_tiers, train_cohort(tasks)):
+    for task, (tier, faults), result in zip(tasks, task_tiers, _train_by_item_step(tasks)):
         if isinstance(result, str):
             replies[task.device] = DeviceReply(error=result)
             continue

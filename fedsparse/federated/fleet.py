@@ -37,6 +37,8 @@ class Tier:
     density: float
     growth_topk: int
     steps_per_second: float
+    item_optimizer: str
+    item_lr: float
 
     def prefix_width(self, dim: int) -> int:
         """The leading dimensions of each item row the tier holds at this density
@@ -210,9 +212,10 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     most_positives = int(np.diff(data.train.indptr)[users].max())
     reserve = device_reserve_bytes(dim, touched_rows_bound(most_positives, fl.negatives,
                                                            data.n_items))
-    item_optimizer = ITEM_OPTIMIZERS[fl.item_optimizer]        # its state is slice memory too
     tiers = []
     for name, tier in ordered:
+        step = tier.item_optimizer or fl.item_optimizer
+        item_optimizer = ITEM_OPTIMIZERS[step]                 # its state is slice memory too
         try:                                # every method: at least the sparsest model
             if method.initial_mask == "prefix":          # the widest dense prefix that fits
                 density = prefix_width_for_budget(data.n_items, dim, tier.budget_bytes - reserve,
@@ -228,7 +231,8 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
             density = 1.0
         tiers.append(Tier(name=name, budget_bytes=tier.budget_bytes, density=density,
                           growth_topk=fl.growth_topk if tier.growth_topk < 0 else tier.growth_topk,
-                          steps_per_second=tier.steps_per_second))
+                          steps_per_second=tier.steps_per_second, item_optimizer=step,
+                          item_lr=tier.item_lr or fl.item_lr))
         logger.info("tier %s: budget %d bytes -> item density %.4f, %d devices", name,
                     tier.budget_bytes, density, int((device_tier == len(tiers) - 1).sum()))
     if method.initial_mask == "nmf" and fl.privacy.min_aggregate > len(users):

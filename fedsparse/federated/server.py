@@ -223,12 +223,14 @@ class FleetServer:
                 **self._item_step(server_round)}
 
     def _item_step(self, server_round: int) -> dict[str, Any]:
-        """The item slice's optimizer keys: none for Adam at the devices' ``lr`` (the ClientApp
+        """Each tier's step on its item slice (the tier's optimizer and its SGD rate this
+        round): no keys when every tier steps by Adam at the devices' ``lr`` (the ClientApp
         reads them absent as that, so such messages are as before the keys existed)."""
-        if self.cfg.fl.item_optimizer == "adam":
+        if all(tier.item_optimizer == "adam" for tier in self.plan.tiers):
             return {}
-        return {"item-optimizer": self.cfg.fl.item_optimizer,
-                "item-lr": self.cfg.fl.item_lr * self.lr_factor(server_round)}
+        return {"tier-item-optimizer": [tier.item_optimizer for tier in self.plan.tiers],
+                "tier-item-lr": [tier.item_lr * self.lr_factor(server_round)
+                                 for tier in self.plan.tiers]}
 
     def lr_factor(self, server_round: int) -> float:
         """The devices' learning rates in ``server_round`` as a fraction of ``fl.lr`` (and

@@ -129,12 +129,12 @@ def train(msg: Message, context: Context) -> Message:
         hp=LocalTraining(local_epochs=int(config["local-epochs"]),
                          batch_size=int(config["batch-size"]), lr=float(config["lr"]),
                          l2=float(config["l2"]), negatives=int(config["negatives"]),
-                         growth_topk=0,
-                         item_optimizer=str(config.get("item-optimizer", "adam")),  # absent: Adam
-                         item_lr=float(config.get("item-lr", 0.0))),
+                         growth_topk=0),
         tier_budget_bytes=[int(b) for b in config["tier-budget-bytes"]],
         tier_growth_topk=[int(k) for k in config["tier-growth-topk"]],
         tier_steps_per_second=[float(s) for s in config["tier-steps-per-second"]],
+        tier_item_optimizer=[str(o) for o in config.get("tier-item-optimizer", [])],  # absent:
+        tier_item_lr=[float(r) for r in config.get("tier-item-lr", [])],              # Adam
         faults=FaultModel(crash_prob=float(config["crash-prob"]),
                           offline_prob=float(config["offline-prob"]),
                           offline_rounds=int(config["offline-rounds"]),

@@ -1,8 +1,9 @@
 """Centralized references for each tier of a fleet, at the tier's memory: SparseRec MF at the
 tier's item density (``configs/sparse/<dataset>_mf_sparserec.toml``, both tables at that
 density), dense MF at the tier's equal-bytes dimension (the ``nested_dims`` width d_t: the most
-leading dimensions whose values and optimizer state (``fl.item_optimizer``) fit the tier's
-budget with the same reserve; ``configs/centralized/<dataset>_mf.toml``) and full dense MF.
+leading dimensions whose values and item-step state (the tier's, ``fl.item_optimizer``) fit
+the tier's budget with the same reserve; ``configs/centralized/<dataset>_mf.toml``) and full
+dense MF.
 Writes ``results/references/<dataset>_<split>[_<tag>]/<name>/`` (results directories without
 ``model.npz``); ``--set`` changes the fleet whose tiers are matched (its negatives change the
 growth buffer each budget holds, its item optimizer the state each entry costs, so the tiers'

@@ -46,6 +46,22 @@ def test_an_sgd_item_slice_fits_more_entries_in_each_budget(fleet_config, fleet_
                     + sgd.reserve_bytes > tier.budget_bytes)
 
 
+def test_a_tier_sizes_its_slice_for_its_own_item_step(fleet_config, fleet_data):
+    adam = plan_fleet(fleet_config(), fleet_data)
+    sgd = plan_fleet(fleet_config("fl.item_optimizer=sgd"), fleet_data)
+    mixed = plan_fleet(fleet_config("fl.item_optimizer=sgd", "fl.tiers.small.item_optimizer=adam",
+                                    "fl.tiers.large.item_lr=5"), fleet_data)
+    assert [tier.item_optimizer for tier in mixed.tiers] == ["adam", "sgd"]
+    assert [tier.item_lr for tier in mixed.tiers] == [1.0, 5.0]           # 1: fl.item_lr
+    assert mixed.tiers[0].density == adam.tiers[0].density
+    assert mixed.tiers[1].density == sgd.tiers[1].density
+
+
+def test_a_tier_item_step_must_be_known(fleet_config):
+    with pytest.raises(ConfigError, match="fl.tiers.small.item_optimizer"):
+        fleet_config("fl.tiers.small.item_optimizer=lion")
+
+
 def test_max_devices_samples_the_fleet_by_seed(fleet_config, fleet_data):
     plan = plan_fleet(fleet_config("fl.max_devices=10"), fleet_data)
     assert plan.n_devices == 10 and np.all(np.diff(plan.users) > 0)

@@ -113,7 +113,22 @@ def test_sgd_item_steps_travel_with_their_cosine_rate_and_adam_messages_stay_as_
     server = FleetServer(cfg, plan, np.zeros((data.n_items, 8), np.float32),
                          np.ones((data.n_items, 8), bool))
     config = server.device_config(3, [(0, 0)])
-    assert config["item-optimizer"] == "sgd" and config["item-lr"] == pytest.approx(1.0)
-    adam = FleetServer(fleet_config("fl.lr_schedule=cosine", "fl.rounds=4"), plan,
+    assert config["tier-item-optimizer"] == ["sgd", "sgd"]
+    assert config["tier-item-lr"] == pytest.approx([1.0, 1.0])
+    adam_cfg = fleet_config("fl.lr_schedule=cosine", "fl.rounds=4")
+    adam = FleetServer(adam_cfg, plan_fleet(adam_cfg, data),
                        np.zeros((data.n_items, 8), np.float32), np.ones((data.n_items, 8), bool))
-    assert not {"item-optimizer", "item-lr"} & set(adam.device_config(3, [(0, 0)]))
+    assert not {"tier-item-optimizer", "tier-item-lr"} & set(adam.device_config(3, [(0, 0)]))
+
+
+def test_each_tier_sends_its_own_item_step(fleet_config):
+    cfg = fleet_config("fl.lr_schedule=cosine", "fl.rounds=4", "fl.item_optimizer=sgd",
+                       "fl.item_lr=2", "fl.tiers.small.item_optimizer=adam",
+                       "fl.tiers.large.item_lr=6")
+    data = load_dataset(cfg.data.name)
+    plan = plan_fleet(cfg, data)
+    server = FleetServer(cfg, plan, np.zeros((data.n_items, 8), np.float32),
+                         np.ones((data.n_items, 8), bool))
+    config = server.device_config(3, [(0, 0)])                  # tiers: small, then large
+    assert config["tier-item-optimizer"] == ["adam", "sgd"]
+    assert config["tier-item-lr"] == pytest.approx([1.0, 3.0])  # the cosine's half-way factor
