@@ -238,5 +238,12 @@ def plan_fleet(cfg: ExperimentConfig, data: InteractionData) -> FleetPlan:
     if method.initial_mask == "nmf" and fl.privacy.min_aggregate > len(users):
         raise ConfigError(f"fl.privacy.min_aggregate: {fl.privacy.min_aggregate} is more than "
                           f"the {len(users)} devices whose NMF statistics are summed")
+    if fl.privacy.training == "secure_sum":
+        for index, tier in enumerate(tiers):
+            members = int((device_tier == index).sum())
+            if 0 < members < fl.privacy.min_aggregate:
+                raise ConfigError(f"fl.privacy.min_aggregate: {fl.privacy.min_aggregate} is more "
+                                  f"than the {members} devices of tier {tier.name}, whose summed "
+                                  f"updates the server could never open (secure_sum)")
     return FleetPlan(users=users, device_tier=device_tier, tiers=tuple(tiers),
                      reserve_bytes=reserve)

@@ -62,6 +62,13 @@ def test_a_tier_item_step_must_be_known(fleet_config):
         fleet_config("fl.tiers.small.item_optimizer=lion")
 
 
+def test_a_tier_too_small_to_open_its_secure_sum_is_a_config_error(fleet_config, fleet_data):
+    with pytest.raises(ConfigError, match="more than the 12 devices of tier small"):
+        plan_fleet(fleet_config("fl.privacy.min_aggregate=13"), fleet_data)
+    plan_fleet(fleet_config("fl.privacy.min_aggregate=13", "fl.privacy.training=plain"),
+               fleet_data)                                  # plain replies are not summed
+
+
 def test_max_devices_samples_the_fleet_by_seed(fleet_config, fleet_data):
     plan = plan_fleet(fleet_config("fl.max_devices=10"), fleet_data)
     assert plan.n_devices == 10 and np.all(np.diff(plan.users) > 0)
