@@ -3,8 +3,9 @@
 Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results directories),
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
 ``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``,
-``results/rounds3600/``, ``results/item_sgd/``), ``results/round_cost/`` (``round_cost.sh``),
-``results/tuning/<dataset>_<method>/<setting>/``
+``results/rounds3600/``, ``results/item_sgd/``, ``results/item_sgd_rate10/``,
+``results/item_sgd_rate10_longer/``), with an overview of issue 15's targets over all of them;
+``results/round_cost/`` (``round_cost.sh``), ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +58,8 @@ ITEM_SGD = "item_sgd"
 #: devices' item step as plain SGD: LastFM's federated SparseRec, nested dimensions and dense
 #: FedAvg at the recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside
 #: random-init DST's main run; Gowalla's federated SparseRec at the recipe's densities beside
-#: the main runs, at the SGD rates 3 and 10.
+#: the main runs, at the SGD rates 3 and 10; at rate 10 over 1,800 rounds beside the 1,800-round
+#: runs.
 EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
               "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
               "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
@@ -64,7 +68,9 @@ EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, 
               "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer"),
               "item-sgd": (HERE / "results" / "item_sgd", {"lastfm": ITEM_SGD},
                            HERE / "results"),
-              "item-sgd-rate10": (HERE / "results" / "item_sgd_rate10", {}, HERE / "results")}
+              "item-sgd-rate10": (HERE / "results" / "item_sgd_rate10", {}, HERE / "results"),
+              "item-sgd-rate10-longer": (HERE / "results" / "item_sgd_rate10_longer", {},
+                                         HERE / "results" / "longer")}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
 #: configs' tiers): LastFM's ran at the previous recipe.
 DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
@@ -278,51 +284,115 @@ def reference_table(dataset: str, runs: dict[str, dict], tag: str = "") -> str |
     return table.to_markdown(index=False, floatfmt=formats)
 
 
-def tier_ratio_line(dataset: str, label: str, recall: float, reference: float) -> str:
-    """Issue 15's per-tier target as a list line: federated SparseRec's Recall@20 ``recall``
-    against centralized SparseRec's ``reference`` at the tier's density."""
+@dataclass(frozen=True)
+class Check:
+    """One of issue 15's targets checked on a set of runs: the overview's column and cell
+    (:func:`target_overview`), the README's list line, and whether it was met."""
+    column: str
+    cell: str
+    line: str
+    met: bool
+
+
+def _verdict(met: bool) -> str:
+    return f"**{'met' if met else 'MISSED'}**"
+
+
+def tier_ratio_check(dataset: str, tier: str, recall: float, reference: float,
+                     label: str = "") -> Check:
+    """Issue 15's per-tier target: federated SparseRec's Recall@20 ``recall`` at ``tier``
+    against centralized SparseRec's ``reference`` at the tier's density (the line starts with
+    ``label``, else with the tier)."""
     ratio, wanted = recall / reference, TIER_RATIO[dataset]
-    return (f"- {label}: federated SparseRec {recall:.4f} = {ratio:.2f} x centralized SparseRec "
-            f"at its density ({reference:.4f}), against {wanted:.2f} x: "
-            f"**{'met' if ratio >= wanted else 'MISSED'}**.")
+    line = (f"- {label or f'tier {tier}'}: federated SparseRec {recall:.4f} = {ratio:.2f} x "
+            f"centralized SparseRec at its density ({reference:.4f}), against {wanted:.2f} x: "
+            f"{_verdict(ratio >= wanted)}.")
+    return Check(f"{tier}: x central SparseRec", f"{ratio:.2f} x", line, ratio >= wanted)
 
 
-def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> str:
+def convergence_checks(dataset: str, runs: dict[str, dict], tag: str = "") -> list[Check]:
     """Issue 15's targets, checked on the result files against the centralized references
-    tagged ``tag`` (and :func:`plain_reply_targets` for the datasets whose runs have plain
-    replies)."""
-    central, lines = references(dataset, tag=tag), []
+    tagged ``tag``."""
+    central, checks = references(dataset, tag=tag), []
     for method in ("sparserec", "sparserec_no_nmf", "nested_dims"):
         if method in runs:
             ok = runs[method]["within_budget"]
-            lines.append(f"- {METHODS[method]}: every device within its budget in every round: "
-                         f"**{'met' if ok else 'MISSED'}**.")
+            checks.append(Check("within budget", "yes" if ok else f"no: {METHODS[method]}",
+                                f"- {METHODS[method]}: every device within its budget in every "
+                                f"round: {_verdict(ok)}.", ok))
     if "dense" in runs and "dense_mf" in central and dataset == "lastfm":
         ratio = runs["dense"]["recall@20"] / central["dense_mf"]
-        lines.append(f"- dense FedAvg Recall@20 {runs['dense']['recall@20']:.4f} = {ratio:.2f} x "
-                     f"centralized dense MF ({central['dense_mf']:.4f}), against "
-                     f"{DENSE_RATIO:.2f} x: **{'met' if ratio >= DENSE_RATIO else 'MISSED'}**.")
+        checks.append(Check("dense FedAvg x central dense MF", f"{ratio:.2f} x",
+                            f"- dense FedAvg Recall@20 {runs['dense']['recall@20']:.4f} = "
+                            f"{ratio:.2f} x centralized dense MF ({central['dense_mf']:.4f}), "
+                            f"against {DENSE_RATIO:.2f} x: {_verdict(ratio >= DENSE_RATIO)}.",
+                            ratio >= DENSE_RATIO))
     if dataset in POPULARITY_RATIO:
         wanted, base = POPULARITY_RATIO[dataset], popularity(first_config(runs))["recall@20"]
         for method, metrics in runs.items():
             ratio = metrics["recall@20"] / base
-            lines.append(f"- {METHODS[method]} Recall@20 {metrics['recall@20']:.4f} = "
-                         f"{ratio:.2f} x the popularity ranking ({base:.4f}), against "
-                         f"{wanted:.1f} x: **{'met' if ratio >= wanted else 'MISSED'}**.")
+            checks.append(Check("x popularity", f"{METHODS[method]} {ratio:.2f} x",
+                                f"- {METHODS[method]} Recall@20 {metrics['recall@20']:.4f} = "
+                                f"{ratio:.2f} x the popularity ranking ({base:.4f}), against "
+                                f"{wanted:.1f} x: {_verdict(ratio >= wanted)}.", ratio >= wanted))
     if "sparserec" in runs:
         for tier, values in runs["sparserec"]["tiers"].items():
             reference = central.get(f"sparserec_{tier}")
             if reference is not None:
-                lines.append(tier_ratio_line(dataset, f"tier {tier}", values["recall@20"],
-                                             reference))
+                checks.append(tier_ratio_check(dataset, tier, values["recall@20"], reference))
             if "nested_dims" in runs:
                 other = runs["nested_dims"]["tiers"][tier]["recall@20"]
-                lines.append(f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} vs "
-                             f"nested dimensions {other:.4f}: "
-                             f"**{'met' if values['recall@20'] >= other else 'MISSED'}**.")
+                met = values["recall@20"] >= other
+                checks.append(Check(f"{tier}: vs nested dimensions",
+                                    f"{values['recall@20']:.4f} vs {other:.4f}",
+                                    f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} "
+                                    f"vs nested dimensions {other:.4f}: {_verdict(met)}.", met))
+    return checks
+
+
+def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> str:
+    """:func:`convergence_checks` as README list lines (and :func:`plain_reply_targets` for
+    the datasets whose runs have plain replies)."""
+    lines = [check.line for check in convergence_checks(dataset, runs, tag)]
     if dataset in PLAIN_REPLIES:
         lines += plain_reply_targets(runs)
     return "\n".join(lines) if lines else "(no runs yet)"
+
+
+def target_overview(dataset: str, run_sets: list[tuple[str, dict[str, dict], str]]) -> str:
+    """One row per set of test runs (its README section, ``runs``, references' tag): federated
+    SparseRec's length, item step and fleet Recall@20, then each of issue 15's targets
+    (:func:`convergence_checks`; several checks under one column are one cell, met only if
+    all are: the missed ones are named)."""
+    rows = []
+    for section, runs, tag in run_sets:
+        if "sparserec" not in runs:
+            continue
+        fl = load_config(runs["sparserec"]["dirs"][0] / "config.toml").fl
+        step = "Adam" if fl.item_optimizer == "adam" else f"SGD at {fl.item_lr:g}"
+        row = {"section": section, "seeds": len(runs["sparserec"]["dirs"]),
+               "SparseRec rounds": f"{runs['sparserec']['rounds']:.0f}", "item step": step,
+               "SparseRec fleet": f"{runs['sparserec']['recall@20']:.4f}"}
+        columns: dict[str, list[Check]] = {}
+        for check in convergence_checks(dataset, runs, tag):
+            columns.setdefault(check.column, []).append(check)
+        for column, checks in columns.items():
+            missed = [check.cell for check in checks if not check.met]
+            if column in ("within budget", "x popularity"):
+                cell = "MISSED: " + ", ".join(missed) if missed else "met"
+            else:
+                cell = checks[0].cell + ("" if checks[0].met else " MISSED")
+            row[column] = cell
+        rows.append(row)
+    # the cells are text: "1.02 x", "0.1713 vs 0.1211", never parsed as numbers
+    return pd.DataFrame(rows).fillna("").to_markdown(index=False, disable_numparse=True)
+
+
+def section_of(readme: Path, block: str) -> str:
+    """The title of the README section that holds ``<!-- BEGIN block -->``."""
+    text = readme.read_text()
+    headings = re.findall(r"^## (.+)$", text[:text.index(f"<!-- BEGIN {block} -->")], re.M)
+    return headings[-1]
 
 
 def cross_tier_table(dataset: str) -> str | None:
@@ -387,9 +457,10 @@ def refit_targets(dataset: str) -> str | None:
             continue
         for setting in settings[1:]:
             for tier, values in setting["tiers"].items():
-                lines.append(tier_ratio_line(
-                    dataset, f"{label}, refit {setting['steps']} steps at {setting['lr']:g}, "
-                             f"tier {tier}", values["recall@20"], central[f"sparserec_{tier}"]))
+                lines.append(tier_ratio_check(
+                    dataset, tier, values["recall@20"], central[f"sparserec_{tier}"],
+                    f"{label}, refit {setting['steps']} steps at {setting['lr']:g}, "
+                    f"tier {tier}").line)
     return "\n".join(lines) or None
 
 
@@ -651,7 +722,8 @@ def round_cost_table() -> str | None:
 
 def main() -> None:
     readme = HERE / "README.md"
-    for dataset in ("lastfm", "gowalla"):
+    run_sets: dict[str, list[tuple[str, dict[str, dict], str]]] = {"lastfm": [], "gowalla": []}
+    for dataset in run_sets:
         tuning = tuning_table(dataset)
         if tuning is not None:
             replace_block(readme, f"{dataset}-tuning", tuning)
@@ -679,6 +751,7 @@ def main() -> None:
         replace_block(readme, f"{dataset}-fleet", fleet_table(runs))
         replace_block(readme, f"{dataset}-curve", curve_table(runs))
         replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs))
+        run_sets[dataset].append((section_of(readme, f"{dataset}-fleet"), runs, ""))
         replace_block(readme, f"{dataset}-popularity", popularity_line(first_config(runs)))
         for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
                              (f"{dataset}-cross-tier", cross_tier_table(dataset))):
@@ -686,7 +759,7 @@ def main() -> None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
     for label, (root, tags, stand_in_root) in EXTRA_RUNS.items():
-        for dataset in ("lastfm", "gowalla"):
+        for dataset in run_sets:
             if extra := load_runs(dataset, root):
                 if stand_in_root is not None:
                     stand_ins = load_runs(dataset, stand_in_root)
@@ -699,6 +772,10 @@ def main() -> None:
                               convergence_targets(dataset, extra, tag))
                 if (table := reference_table(dataset, extra, tag)) is not None:
                     replace_block(readme, f"{block}-references", table)
+                run_sets[dataset].append((section_of(readme, f"{block}-fleet"), extra, tag))
+    for dataset, sets in run_sets.items():
+        if sets:
+            replace_block(readme, f"{dataset}-overview", target_overview(dataset, sets))
 
 
 if __name__ == "__main__":
