@@ -82,7 +82,9 @@ class CohortState:
 
 @dataclass(frozen=True)
 class TrainRound:
-    """What a cohort's devices need for one training round (from the server's message)."""
+    """What a cohort's devices need for one training round (from the server's message). The
+    ``tier_*`` lists are per tier index; with ``tier_item_optimizer`` empty every tier steps
+    its item slice by ``hp``'s optimizer and rate."""
 
     server_round: int
     seed: int
