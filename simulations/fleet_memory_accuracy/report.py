@@ -341,31 +341,35 @@ def convergence_checks(dataset: str, runs: dict[str, dict], tag: str = "") -> li
             if reference is not None:
                 checks.append(tier_ratio_check(dataset, tier, values["recall@20"], reference))
             if "nested_dims" in runs:
-                other = runs["nested_dims"]["tiers"][tier]["recall@20"]
-                met = values["recall@20"] >= other
+                nested = runs["nested_dims"]["tiers"][tier]
+                other, met = nested["recall@20"], values["recall@20"] >= nested["recall@20"]
+                bytes_note = ("" if nested["budget_bytes"] == values["budget_bytes"] else
+                              f" (not equal bytes: {nested['budget_bytes'] / 1000:.0f} KB "
+                              f"against {values['budget_bytes'] / 1000:.0f} KB)")
                 checks.append(Check(f"{tier}: vs nested dimensions",
-                                    f"{values['recall@20']:.4f} vs {other:.4f}",
+                                    f"{values['recall@20']:.4f} vs {other:.4f}{bytes_note}",
                                     f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} "
-                                    f"vs nested dimensions {other:.4f}: {_verdict(met)}.", met))
+                                    f"vs nested dimensions {other:.4f}{bytes_note}: "
+                                    f"{_verdict(met)}.", met))
     return checks
 
 
-def convergence_targets(dataset: str, runs: dict[str, dict], tag: str = "") -> str:
-    """:func:`convergence_checks` as README list lines (and :func:`plain_reply_targets` for
-    the datasets whose runs have plain replies)."""
-    lines = [check.line for check in convergence_checks(dataset, runs, tag)]
+def convergence_targets(dataset: str, runs: dict[str, dict], checks: list[Check]) -> str:
+    """``runs``' :func:`convergence_checks` as README list lines (and
+    :func:`plain_reply_targets` for the datasets whose runs have plain replies)."""
+    lines = [check.line for check in checks]
     if dataset in PLAIN_REPLIES:
         lines += plain_reply_targets(runs)
     return "\n".join(lines) if lines else "(no runs yet)"
 
 
-def target_overview(dataset: str, run_sets: list[tuple[str, dict[str, dict], str]]) -> str:
-    """One row per set of test runs (its README section, ``runs``, references' tag): federated
-    SparseRec's length, item step and fleet Recall@20, then each of issue 15's targets
-    (:func:`convergence_checks`; several checks under one column are one cell, met only if
+def target_overview(run_sets: list[tuple[str, dict[str, dict], list[Check]]]) -> str:
+    """One row per set of test runs (its README section, ``runs``, their
+    :func:`convergence_checks`): federated SparseRec's length, item step and fleet Recall@20,
+    then each of issue 15's targets (several checks under one column are one cell, met only if
     all are: the missed ones are named)."""
     rows = []
-    for section, runs, tag in run_sets:
+    for section, runs, run_checks in run_sets:
         if "sparserec" not in runs:
             continue
         fl = load_config(runs["sparserec"]["dirs"][0] / "config.toml").fl
@@ -374,7 +378,7 @@ def target_overview(dataset: str, run_sets: list[tuple[str, dict[str, dict], str
                "SparseRec rounds": f"{runs['sparserec']['rounds']:.0f}", "item step": step,
                "SparseRec fleet": f"{runs['sparserec']['recall@20']:.4f}"}
         columns: dict[str, list[Check]] = {}
-        for check in convergence_checks(dataset, runs, tag):
+        for check in run_checks:
             columns.setdefault(check.column, []).append(check)
         for column, checks in columns.items():
             missed = [check.cell for check in checks if not check.met]
@@ -722,7 +726,8 @@ def round_cost_table() -> str | None:
 
 def main() -> None:
     readme = HERE / "README.md"
-    run_sets: dict[str, list[tuple[str, dict[str, dict], str]]] = {"lastfm": [], "gowalla": []}
+    run_sets: dict[str, list[tuple[str, dict[str, dict], list[Check]]]] = {"lastfm": [],
+                                                                           "gowalla": []}
     for dataset in run_sets:
         tuning = tuning_table(dataset)
         if tuning is not None:
@@ -750,8 +755,9 @@ def main() -> None:
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
         replace_block(readme, f"{dataset}-fleet", fleet_table(runs))
         replace_block(readme, f"{dataset}-curve", curve_table(runs))
-        replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs))
-        run_sets[dataset].append((section_of(readme, f"{dataset}-fleet"), runs, ""))
+        checks = convergence_checks(dataset, runs)
+        replace_block(readme, f"{dataset}-targets", convergence_targets(dataset, runs, checks))
+        run_sets[dataset].append((section_of(readme, f"{dataset}-fleet"), runs, checks))
         replace_block(readme, f"{dataset}-popularity", popularity_line(first_config(runs)))
         for block, table in ((f"{dataset}-references", reference_table(dataset, runs)),
                              (f"{dataset}-cross-tier", cross_tier_table(dataset))):
@@ -766,16 +772,17 @@ def main() -> None:
                     extra = {method: extra.get(method, stand_ins.get(method)) for method in METHODS
                              if method in extra or method in stand_ins}
                 block, tag = f"{dataset}-{label}", tags.get(dataset, "")
+                checks = convergence_checks(dataset, extra, tag)
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))
                 replace_block(readme, f"{block}-curve", curve_table(extra))
                 replace_block(readme, f"{block}-targets",
-                              convergence_targets(dataset, extra, tag))
+                              convergence_targets(dataset, extra, checks))
                 if (table := reference_table(dataset, extra, tag)) is not None:
                     replace_block(readme, f"{block}-references", table)
-                run_sets[dataset].append((section_of(readme, f"{block}-fleet"), extra, tag))
+                run_sets[dataset].append((section_of(readme, f"{block}-fleet"), extra, checks))
     for dataset, sets in run_sets.items():
         if sets:
-            replace_block(readme, f"{dataset}-overview", target_overview(dataset, sets))
+            replace_block(readme, f"{dataset}-overview", target_overview(sets))
 
 
 if __name__ == "__main__":
