@@ -154,6 +154,13 @@ gowalla_run "$here/results/item_sgd_rate10_longer/gowalla_sparserec_seed0" spars
     "${longer[@]}" --set fl.item_optimizer=sgd --set fl.item_lr=10 \
     --set fl.tiers.wot.budget_bytes=1433738 --set fl.tiers.phone.budget_bytes=2202968 \
     --set fl.tiers.flagship.budget_bytes=3605117
+# Nested dimensions with the same step over 1,800 rounds at the same budgets (tune.sh), the
+# equal-bytes alternative to that run: README, "Gowalla: the SGD item step at rate 10 over 1,800
+# rounds".
+gowalla_run "$here/results/item_sgd_rate10_longer/gowalla_nested_dims_seed0" nested_dims \
+    "${longer[@]}" --set fl.item_optimizer=sgd --set fl.item_lr=10 \
+    --set fl.tiers.wot.budget_bytes=1433738 --set fl.tiers.phone.budget_bytes=2202968 \
+    --set fl.tiers.flagship.budget_bytes=3605117
 python "$here/references.py" --dataset gowalla --split test --seeds 0
 python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
     --tag lastfm_knobs

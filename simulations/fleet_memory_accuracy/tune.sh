@@ -252,3 +252,7 @@ done
 dataset=gowalla
 budgets="1371513 2140743 3537705" tune sparserec 1800 fl.l2=0.01 fl.server_lr=3 "${longer[@]}" \
     fl.item_optimizer=sgd fl.item_lr=10
+# Nested dimensions with the same step at the same budgets over 1,800 rounds, the equal-bytes
+# alternative to the run above (its d_t sized for SGD's state, by the rule of its Adam runs).
+budgets="1371513 2140743 3537705" tune nested_dims 1800 fl.l2=0.01 fl.server_lr=3 "${longer[@]}" \
+    fl.item_optimizer=sgd fl.item_lr=10
