@@ -343,15 +343,22 @@ def convergence_checks(dataset: str, runs: dict[str, dict], tag: str = "") -> li
             if "nested_dims" in runs:
                 nested = runs["nested_dims"]["tiers"][tier]
                 other, met = nested["recall@20"], values["recall@20"] >= nested["recall@20"]
-                bytes_note = ("" if nested["budget_bytes"] == values["budget_bytes"] else
-                              f" (not equal bytes: {nested['budget_bytes'] / 1000:.0f} KB "
-                              f"against {values['budget_bytes'] / 1000:.0f} KB)")
+                bytes_note = unequal_bytes_note(nested, values)
                 checks.append(Check(f"{tier}: vs nested dimensions",
                                     f"{values['recall@20']:.4f} vs {other:.4f}{bytes_note}",
                                     f"- tier {tier}: federated SparseRec {values['recall@20']:.4f} "
                                     f"vs nested dimensions {other:.4f}{bytes_note}: "
                                     f"{_verdict(met)}.", met))
     return checks
+
+
+def unequal_bytes_note(other: dict, tier: dict) -> str:
+    """`` (not equal bytes: ...)`` when another method's tier (``other``, a ``tiers`` entry of
+    its metrics) had another budget than federated SparseRec's (``tier``); empty otherwise."""
+    if other["budget_bytes"] == tier["budget_bytes"]:
+        return ""
+    return (f" (not equal bytes: {other['budget_bytes'] / 1000:.0f} KB against "
+            f"{tier['budget_bytes'] / 1000:.0f} KB)")
 
 
 def convergence_targets(dataset: str, runs: dict[str, dict], checks: list[Check]) -> str:
@@ -576,12 +583,14 @@ def plain_reply_targets(runs: dict[str, dict]) -> list[str]:
                          f"of index and headers: **{verdict}**.")
     if {"sparserec", "sparserec_no_nmf"} <= set(runs):
         for tier, values in runs["sparserec"]["tiers"].items():
-            other = runs["sparserec_no_nmf"]["tiers"][tier]["recall@20"]
+            random_init = runs["sparserec_no_nmf"]["tiers"][tier]
+            other = random_init["recall@20"]
             verdict = "met" if values["recall@20"] > other else "MISSED"
             if max(values["recall@20"], other) < NOISE_RECALL:
                 verdict = f"no verdict, both below {NOISE_RECALL} (the models did not learn)"
             lines.append(f"- tier {tier}: federated SparseRec Recall@20 {values['recall@20']:.4f} "
-                         f"vs random-init federated DST {other:.4f}: **{verdict}**.")
+                         f"vs random-init federated DST {other:.4f}"
+                         f"{unequal_bytes_note(random_init, values)}: **{verdict}**.")
     return lines
 
 
