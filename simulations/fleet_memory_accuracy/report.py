@@ -4,7 +4,7 @@ Runs are ``results/<dataset>_<method>_seed<s>/`` (``fedsparse simulate`` results
 the same for the other test runs of ``run.sh`` (:data:`EXTRA_RUNS`: ``results/previous/``,
 ``results/longer/``, ``results/rounds200/``, ``results/lastfm_knobs/``,
 ``results/rounds3600/``, ``results/item_sgd/``, ``results/item_sgd_rate10/``,
-``results/item_sgd_rate10_longer/``), with an overview of issue 15's targets over all of them;
+``results/adam900/``), with an overview of issue 15's targets over all of them;
 ``results/round_cost/`` (``round_cost.sh``), ``results/tuning/<dataset>_<method>/<setting>/``
 (``tune.py``), ``results/references/<dataset>_<split>[_<tag>]/`` (``references.py``) and
 ``results/tier_mix/<dataset>_<split>[_<tag>]/`` (``tier_mix.py``).
@@ -47,33 +47,45 @@ LASTFM_KNOBS = "lastfm_knobs"
 #: The tag of the references at the tiers of LastFM's fleet with the devices' item step as plain
 #: SGD (no optimizer state per entry: more density per budget).
 ITEM_SGD = "item_sgd"
+#: The tag of the references and diagnostics at the tiers of Gowalla's fleet with the devices'
+#: Adam item step at 2 / 4 / 8 MB (the recipe before the SGD item step): the same densities as
+#: the recipe's on the test split, a narrower d_t (1 / 6 / 14 against 2 / 7 / 15).
+ADAM = "adam"
+#: Per dataset, the directory whose runs stand in for the methods the main runs lack: Gowalla's
+#: dense FedAvg keeps its validated Adam item step at server step 1 over 900 rounds (the
+#: unconstrained reference).
+MAIN_STAND_INS = {"gowalla": HERE / "results" / "adam900"}
 #: Test runs beside the main ones (run.sh), by the README block prefix that tables them: their
 #: directory; per dataset, the tag of their centralized references (none: the final configs'
-#: tiers); the directory whose runs stand in for the methods they lack (None: none). LastFM's
-#: previous recipe over 100 rounds, and stretched to 150; Gowalla's recipe stretched to 1,800
-#: rounds; LastFM's federated SparseRec over 200 rounds (its length on validation) beside the
+#: tiers); per dataset, the directory whose runs stand in for the methods they lack. LastFM's
+#: previous recipe over 100 rounds, and stretched to 150; Gowalla's Adam-step runs stretched to
+#: 1,800 rounds; LastFM's federated SparseRec over 200 rounds (its length on validation) beside the
 #: other methods' main runs (150 rounds, theirs); Gowalla's federated SparseRec with LastFM's
 #: knobs over 1,800 rounds beside the other methods' 1,800-round runs; Gowalla's federated
 #: SparseRec over 3,600 rounds (its longest validation run) beside the 1,800-round runs; the
 #: devices' item step as plain SGD: LastFM's federated SparseRec, nested dimensions and dense
 #: FedAvg at the recipe's budgets (references at the SGD tiers, tag :data:`ITEM_SGD`) beside
-#: random-init DST's main run; Gowalla's federated SparseRec at the recipe's densities beside
-#: the main runs, at the SGD rates 3 and 10; at rate 10 over 1,800 rounds beside the 1,800-round
-#: runs.
-EXTRA_RUNS = {"previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, None),
-              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS}, None),
-              "rounds200": (HERE / "results" / "rounds200", {}, HERE / "results"),
+#: random-init DST's main run; Gowalla's federated SparseRec over 900 rounds at the SGD rates 3
+#: and 10 beside the Adam item step's 900-round runs (references at the Adam item step's tiers,
+#: the same densities, nested dimensions' d_t there); Gowalla's recipe before the SGD item step
+#: (the Adam item step at 2 / 4 / 8 MB over 900 rounds, references tagged :data:`ADAM`), the
+#: same over 1,800 rounds, and federated SparseRec over 3,600 rounds beside those.
+_ADAM_900 = HERE / "results" / "adam900"
+EXTRA_RUNS = {"adam900": (_ADAM_900, {"gowalla": ADAM}, {}),
+              "previous": (HERE / "results" / "previous", {"lastfm": PREVIOUS}, {}),
+              "longer": (HERE / "results" / "longer", {"lastfm": PREVIOUS, "gowalla": ADAM}, {}),
+              "rounds200": (HERE / "results" / "rounds200", {}, {"lastfm": HERE / "results"}),
               LASTFM_KNOBS: (HERE / "results" / LASTFM_KNOBS, {"gowalla": LASTFM_KNOBS},
-                             HERE / "results" / "longer"),
-              "rounds3600": (HERE / "results" / "rounds3600", {}, HERE / "results" / "longer"),
-              "item-sgd": (HERE / "results" / "item_sgd", {"lastfm": ITEM_SGD},
-                           HERE / "results"),
-              "item-sgd-rate10": (HERE / "results" / "item_sgd_rate10", {}, HERE / "results"),
-              "item-sgd-rate10-longer": (HERE / "results" / "item_sgd_rate10_longer", {},
-                                         HERE / "results" / "longer")}
+                             {"gowalla": HERE / "results" / "longer"}),
+              "rounds3600": (HERE / "results" / "rounds3600", {"gowalla": ADAM},
+                             {"gowalla": HERE / "results" / "longer"}),
+              "item-sgd": (HERE / "results" / "item_sgd", {"lastfm": ITEM_SGD, "gowalla": ADAM},
+                           {"lastfm": HERE / "results", "gowalla": _ADAM_900}),
+              "item-sgd-rate10": (HERE / "results" / "item_sgd_rate10", {"gowalla": ADAM},
+                                  {"gowalla": _ADAM_900})}
 #: Per dataset, the tag of the diagnostics' references and tier-mix runs (none: the final
-#: configs' tiers): LastFM's ran at the previous recipe.
-DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS}
+#: configs' tiers): LastFM's ran at the previous recipe, Gowalla's at the Adam item step's tiers.
+DIAGNOSTIC_TAGS = {"lastfm": PREVIOUS, "gowalla": ADAM}
 
 
 def run_dirs(dataset: str, method: str, root: Path = HERE / "results") -> list[Path]:
@@ -94,6 +106,18 @@ def load_runs(dataset: str, root: Path = HERE / "results") -> dict[str, dict]:
         seeds = [json.loads((out / "metrics.json").read_text()) for out in dirs]
         runs[method] = {**_mean_of(seeds), "dirs": dirs}
     return runs
+
+
+def run_set(dataset: str, root: Path, stand_in_roots: dict[str, Path]) -> dict[str, dict]:
+    """:func:`load_runs` under ``root``, the methods it lacks from ``stand_in_roots[dataset]``
+    (if any), in the order of :data:`METHODS`; empty when ``root`` holds no run of
+    ``dataset``."""
+    runs = load_runs(dataset, root)
+    if not runs or dataset not in stand_in_roots:
+        return runs
+    stand_ins = load_runs(dataset, stand_in_roots[dataset])
+    return {method: runs.get(method, stand_ins.get(method)) for method in METHODS
+            if method in runs or method in stand_ins}
 
 
 def _mean_of(values: list):
@@ -408,13 +432,14 @@ def section_of(readme: Path, block: str) -> str:
 
 def cross_tier_table(dataset: str) -> str | None:
     """Each tier's devices ranked with every tier's slice (``cross_tier.json`` of the
-    150-round tuning runs and of the first seed's final and previous-recipe runs); None
-    before any."""
+    150-round tuning runs and of the first seed's final, previous-recipe and Gowalla Adam-step
+    900-round runs); None before any."""
     rows = []
     found = [(path, f"tuning (val): {path.parent.name.replace('+', ', ')}",
               path.parent.parent.name) for path in
              sorted((HERE / "results" / "tuning").glob(f"{dataset}_*/rounds=150*/cross_tier.json"))]
     for label, root in (("previous recipe (test)", HERE / "results" / "previous"),
+                        ("Adam item step, 900 rounds (test)", _ADAM_900),
                         ("final (test)", HERE / "results")):
         found += [(path, label, path.parent.name.rsplit("_seed", 1)[0])
                   for path in sorted(root.glob(f"{dataset}_*_seed0/cross_tier.json"))]
@@ -428,25 +453,34 @@ def cross_tier_table(dataset: str) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f") if rows else None
 
 
-def _refit_runs(dataset: str) -> list[tuple[str, list[dict]]]:
-    """Every ``refit.json`` of ``dataset`` (``refit.py``): a label (the split and the rounds)
-    and its settings, validation runs first, each split by rounds."""
+def reference_tag(dataset: str, out: Path) -> str:
+    """The tag of the centralized references at the tiers of the test run ``out``: its run
+    set's (:data:`EXTRA_RUNS`; none for the main runs)."""
+    return next((tags.get(dataset, "") for root, tags, _ in EXTRA_RUNS.values()
+                 if out.parent == root), "")
+
+
+def _refit_runs(dataset: str) -> list[tuple[str, Path, list[dict]]]:
+    """Every ``refit.json`` of ``dataset`` (``refit.py``): a label (the split, the rounds and
+    the devices' item step), the run and its settings, validation runs first, each split by
+    rounds."""
     found = []
     for path in (HERE / "results").rglob("refit.json"):
         cfg = load_config(path.parent / "config.toml", fleet=True)
         if cfg.data.name != dataset:
             continue
-        label = f"{'validation' if cfg.data.split == 'val' else 'test'}, {cfg.fl.rounds} rounds"
+        label = (f"{'validation' if cfg.data.split == 'val' else 'test'}, {cfg.fl.rounds} "
+                 f"rounds, {'SGD' if cfg.fl.item_optimizer == 'sgd' else 'Adam'} item step")
         found.append(((cfg.data.split != "val", cfg.fl.rounds),
-                      label, json.loads(path.read_text())))
-    return [(label, settings) for _, label, settings in sorted(found, key=lambda run: run[0])]
+                      label, path.parent, json.loads(path.read_text())))
+    return [run[1:] for run in sorted(found, key=lambda run: run[0])]
 
 
 def refit_table(dataset: str) -> str | None:
     """Per refit run and (steps, lr): the fleet and per-tier Recall@20 when each device refits
     its user row before it ranks (steps 0: the run's own evaluation); None before any."""
     rows = []
-    for label, settings in _refit_runs(dataset):
+    for label, _, settings in _refit_runs(dataset):
         for setting in settings:
             rows.append({"run": label, "refit steps": setting["steps"],
                          "refit lr": setting["lr"] or np.nan, "fleet": setting["recall@20"],
@@ -461,11 +495,13 @@ def refit_table(dataset: str) -> str | None:
 
 def refit_targets(dataset: str) -> str | None:
     """Issue 15's per-tier target for each test run's refit settings: federated SparseRec per
-    tier against centralized SparseRec at the tier's density; None before any test refit."""
-    central, lines = references(dataset), []
-    for label, settings in _refit_runs(dataset):
+    tier against centralized SparseRec at the tier's density (the references of its run set's
+    tiers); None before any test refit."""
+    lines = []
+    for label, out, settings in _refit_runs(dataset):
         if label.startswith("validation"):
             continue
+        central = references(dataset, tag=reference_tag(dataset, out))
         for setting in settings[1:]:
             for tier, values in setting["tiers"].items():
                 lines.append(tier_ratio_check(
@@ -675,6 +711,8 @@ def convergence_plot(dataset: str) -> None:
         passes = history["sampled"].cumsum() * cfg.fl.local_epochs / devices
         evaluated = history["recall@20"].notna()
         schedule = ", cosine lr" if cfg.fl.lr_schedule == "cosine" else ""
+        item_step = (f", SGD item step {cfg.fl.item_lr:g}" if cfg.fl.item_optimizer == "sgd"
+                     else "")
         server = "server Adam" if cfg.fl.server_optimizer == "adam" else "server step"
         masks = (f", masks every {cfg.fl.mask_interval} (first moving "
                  f"{cfg.sparse.initial_fraction:g})" if method.startswith("sparserec") else "")
@@ -683,7 +721,8 @@ def convergence_plot(dataset: str) -> None:
                 label=f"{METHODS[method]}, {cfg.fl.rounds} rounds of "
                       f"{int(history['sampled'].max())}, {cfg.fl.local_epochs} epoch(s) of "
                       f"batches of {cfg.fl.batch_size}, {cfg.fl.negatives} negatives, device lr "
-                      f"{cfg.fl.lr:g}{schedule}, {server} {cfg.fl.server_lr:g}{masks}")
+                      f"{cfg.fl.lr:g}{schedule}{item_step}, {server} {cfg.fl.server_lr:g}"
+                      f"{masks}")
     ax.set_xlabel("passes over the devices' data (device-rounds x local epochs / devices)")
     ax.set_ylabel("Recall@20 (validation)")
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes
@@ -691,18 +730,22 @@ def convergence_plot(dataset: str) -> None:
 
 
 def convergence_runs(dataset: str) -> list[tuple[str, Path]]:
-    """(method, run) of each method's tuning runs of at least the final config's device-rounds
-    (its convergence runs, the final schedule's among them, and runs of the same device work in
-    rounds of another size; not the previous recipe with settings changed, which
-    :func:`knob_table` tables), in the order of :data:`METHODS`, then by setting."""
+    """(method, run) of the tuning runs of at least the device-rounds of the shortest main test
+    run (stand-ins included; the final config's before any): each method's convergence runs,
+    the final schedule's among them, and runs of the same device work in rounds of another
+    size; not the previous recipe with settings changed, which :func:`knob_table` tables. In
+    the order of :data:`METHODS`, then by setting."""
     final = load_config(HERE.parents[1] / "configs" / "fleets" / FLEETS[dataset],
                         fleet=True).fl
+    main_runs = run_set(dataset, HERE / "results", MAIN_STAND_INS)
+    least_work = min((_history(run["dirs"][0])["sampled"].sum() for run in main_runs.values()),
+                     default=None)
     found = []
     for path in (HERE / "results" / "tuning").glob(f"{dataset}_*/*/metrics.json"):
         devices = json.loads(path.read_text())["devices"]
         is_knob = path.parent.name.startswith(f"{PREVIOUS_SETTING}+")
-        if not is_knob and _history(path.parent)["sampled"].sum() >= final.rounds * (
-                final.clients_per_round or devices):
+        needed = least_work or final.rounds * (final.clients_per_round or devices)
+        if not is_knob and _history(path.parent)["sampled"].sum() >= needed:
             found.append((path.parent.parent.name.split("_", 1)[1], path.parent))
     return sorted(found, key=lambda run: (list(METHODS).index(run[0]), run[1].name))
 
@@ -758,7 +801,7 @@ def main() -> None:
                              (f"{dataset}-refit-targets", refit_targets(dataset))):
             if table is not None:
                 replace_block(readme, block, table)
-        runs = load_runs(dataset)
+        runs = run_set(dataset, HERE / "results", MAIN_STAND_INS)
         if not runs:
             continue
         replace_block(readme, f"{dataset}-tiers", tier_table(runs))
@@ -773,13 +816,9 @@ def main() -> None:
             if table is not None:
                 replace_block(readme, block, table)
         plot(dataset, runs)
-    for label, (root, tags, stand_in_root) in EXTRA_RUNS.items():
+    for label, (root, tags, stand_in_roots) in EXTRA_RUNS.items():
         for dataset in run_sets:
-            if extra := load_runs(dataset, root):
-                if stand_in_root is not None:
-                    stand_ins = load_runs(dataset, stand_in_root)
-                    extra = {method: extra.get(method, stand_ins.get(method)) for method in METHODS
-                             if method in extra or method in stand_ins}
+            if extra := run_set(dataset, root, stand_in_roots):
                 block, tag = f"{dataset}-{label}", tags.get(dataset, "")
                 checks = convergence_checks(dataset, extra, tag)
                 replace_block(readme, f"{block}-fleet", fleet_table(extra))

@@ -88,8 +88,13 @@ python "$here/references.py" --dataset lastfm --split val --seeds 0 "${previous[
 # the densest tier's (tier_mix.py; it skips the runs it has).
 python "$here/tier_mix.py" --dataset lastfm --split val --seeds 0 1 "${previous[@]}" \
     --tag previous
-python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0
-python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants tier_mix one_tier
+# Gowalla's at the tiers of the devices' Adam item step at 2 / 4 / 8 MB (on the test split the
+# same item densities as the recipe's SGD tiers).
+adam=(--set fl.item_optimizer=adam --set fl.tiers.wot.budget_bytes=2000000
+      --set fl.tiers.phone.budget_bytes=4000000 --set fl.tiers.flagship.budget_bytes=8000000)
+python "$here/tier_mix.py" --dataset gowalla --split val --seeds 0 "${adam[@]}" --tag adam
+python "$here/tier_mix.py" --dataset gowalla --split test --seeds 0 --variants tier_mix one_tier \
+    "${adam[@]}" --tag adam
 # Full Gowalla (configs/fleets/gowalla_full.toml: every user a device, every place an item),
 # seed 0, plain training replies (secure summation costs about 35 CPU-seconds a round here:
 # README), every method; then its centralized references.
@@ -107,63 +112,62 @@ gowalla_run() {
     rm -rf "$out/model.npz" "$out/checkpoint"
   fi
 }
-# Federated SparseRec's final evaluation again with each device refitting its user row first,
-# at the setting best on validation (tune.sh): README, "Gowalla: devices refit their user row".
-refit="--setting 10:0.03" gowalla_run "$here/results/gowalla_sparserec_seed0" sparserec
-for method in nested_dims sparserec_no_nmf; do
+# The recipe: every constrained method with the SGD item step at rate 10 over 1,800 rounds at
+# 1.43 / 2.20 / 3.61 MB (tune.sh); dense FedAvg below.
+for method in sparserec nested_dims sparserec_no_nmf; do
   gowalla_run "$here/results/gowalla_${method}_seed0" "$method"
 done
+# The recipe before the SGD item step (README, "Gowalla: the Adam item step over 900 rounds").
+adam900=("${adam[@]}" --set fl.rounds=900 --set fl.eval_every=90)
+# Federated SparseRec's final evaluation again with each device refitting its user row first,
+# at the setting best on validation (tune.sh): README, "Gowalla: devices refit their user row".
+refit="--setting 10:0.03" gowalla_run "$here/results/adam900/gowalla_sparserec_seed0" sparserec \
+    "${adam900[@]}"
+for method in nested_dims sparserec_no_nmf; do
+  gowalla_run "$here/results/adam900/gowalla_${method}_seed0" "$method" "${adam900[@]}"
+done
 # Dense FedAvg at server step 1, its better step on validation at 1,000 devices a round
-# (tune.sh: 0.0987 against 0.0942 at the recipe's step 3).
-gowalla_run "$here/results/gowalla_dense_seed0" dense --set fl.server_lr=1
-# The same recipe over 1,800 rounds (its cosine stretched, evaluated every 180 rounds), for
+# (tune.sh: 0.0987 against 0.0942 at the recipe's step 3), with its validated Adam item step
+# over 900 rounds: the unconstrained reference beside the recipe's runs too.
+gowalla_run "$here/results/adam900/gowalla_dense_seed0" dense "${adam900[@]}" \
+    --set fl.server_lr=1
+# The Adam item step over 1,800 rounds (its cosine stretched, evaluated every 180 rounds), for
 # the methods tuned at 1,800 rounds on validation (tune.sh).
 longer=(--set fl.rounds=1800 --set fl.eval_every=180)
 for method in sparserec nested_dims sparserec_no_nmf; do
-  gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" "${longer[@]}"
+  gowalla_run "$here/results/longer/gowalla_${method}_seed0" "$method" "${adam[@]}" \
+      "${longer[@]}"
 done
 # Federated SparseRec with LastFM's knobs (local batches of 4, 2 negatives per positive, moved
-# fraction 0.1) over 1,800 rounds, which beat the recipe's knobs there on validation (tune.sh),
-# beside the 1,800-round runs above: README, "Gowalla: LastFM's knobs over 1,800 rounds". Its
-# references sit at its tiers (2 negatives: a smaller growth buffer, more density per budget).
+# fraction 0.1) over 1,800 rounds, which beat the Adam recipe's knobs there on validation
+# (tune.sh), beside the 1,800-round runs above: README, "Gowalla: LastFM's knobs over 1,800
+# rounds". Its references sit at its tiers (2 negatives: a smaller growth buffer, more density
+# per budget).
 lastfm_knobs=(--set fl.batch_size=4 --set fl.negatives=2 --set sparse.initial_fraction=0.1)
-gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec "${longer[@]}" \
-    "${lastfm_knobs[@]}"
-# Federated SparseRec over 3,600 rounds, its longest validation run (0.0812 against 0.0786 at
-# 1,800 rounds, tune.sh): README, "Gowalla: 3,600 rounds"; its final evaluation again with each
-# device refitting its user row first, at the settings best on the 900-round and the 3,600-round
-# validation runs (tune.sh): README, "Gowalla: devices refit their user row".
+gowalla_run "$here/results/lastfm_knobs/gowalla_sparserec_seed0" sparserec "${adam[@]}" \
+    "${longer[@]}" "${lastfm_knobs[@]}"
+# Federated SparseRec over 3,600 rounds, its longest validation run with the Adam item step
+# (0.0812 against 0.0786 at 1,800 rounds, tune.sh): README, "Gowalla: 3,600 rounds"; its final
+# evaluation again with each device refitting its user row first, at the settings best on the
+# 900-round and the 3,600-round validation runs (tune.sh): README, "Gowalla: devices refit
+# their user row".
 refit="--setting 10:0.03 --setting 10:0.01" \
     gowalla_run "$here/results/rounds3600/gowalla_sparserec_seed0" \
-    sparserec --set fl.rounds=3600 --set fl.eval_every=360
-# Federated SparseRec with the devices' item step as plain SGD at rate 3 (tune.sh), at the tiers'
-# densities above: the budgets less the two Adam moments per entry that SGD does not hold
-# (README, "Gowalla: the devices' item step as plain SGD").
+    sparserec "${adam[@]}" --set fl.rounds=3600 --set fl.eval_every=360
+# Federated SparseRec with the SGD item step over 900 rounds at rate 3, then at rate 10, better
+# on validation (tune.sh): README, "Gowalla: the devices' item step as plain SGD" and "Gowalla:
+# the SGD item step at rate 10".
 gowalla_run "$here/results/item_sgd/gowalla_sparserec_seed0" sparserec \
-    --set fl.item_optimizer=sgd --set fl.item_lr=3 --set fl.tiers.wot.budget_bytes=1433738 \
-    --set fl.tiers.phone.budget_bytes=2202968 --set fl.tiers.flagship.budget_bytes=3605117
-# The same at rate 10, better on validation (tune.sh): README, "Gowalla: the SGD item step at
-# rate 10".
+    --set fl.rounds=900 --set fl.eval_every=90 --set fl.item_lr=3
 gowalla_run "$here/results/item_sgd_rate10/gowalla_sparserec_seed0" sparserec \
-    --set fl.item_optimizer=sgd --set fl.item_lr=10 --set fl.tiers.wot.budget_bytes=1433738 \
-    --set fl.tiers.phone.budget_bytes=2202968 --set fl.tiers.flagship.budget_bytes=3605117
-# The same over 1,800 rounds, as its validation run gained more than 0.002 over its last fifth
-# at 900 and the 1,800-round one beat it (tune.sh): README, "Gowalla: the SGD item step at rate
-# 10 over 1,800 rounds".
-gowalla_run "$here/results/item_sgd_rate10_longer/gowalla_sparserec_seed0" sparserec \
-    "${longer[@]}" --set fl.item_optimizer=sgd --set fl.item_lr=10 \
-    --set fl.tiers.wot.budget_bytes=1433738 --set fl.tiers.phone.budget_bytes=2202968 \
-    --set fl.tiers.flagship.budget_bytes=3605117
-# Nested dimensions with the same step over 1,800 rounds at the same budgets (tune.sh), the
-# equal-bytes alternative to that run: README, "Gowalla: the SGD item step at rate 10 over 1,800
-# rounds".
-gowalla_run "$here/results/item_sgd_rate10_longer/gowalla_nested_dims_seed0" nested_dims \
-    "${longer[@]}" --set fl.item_optimizer=sgd --set fl.item_lr=10 \
-    --set fl.tiers.wot.budget_bytes=1433738 --set fl.tiers.phone.budget_bytes=2202968 \
-    --set fl.tiers.flagship.budget_bytes=3605117
+    --set fl.rounds=900 --set fl.eval_every=90
+# The centralized references at the recipe's tiers (SparseRec at each tier's density, dense MF
+# at nested dimensions' d_t: 2 / 7 / 15), at the Adam item step's (the same densities, d_t 1 / 6
+# / 14) and at those of LastFM's knobs.
 python "$here/references.py" --dataset gowalla --split test --seeds 0
-python "$here/references.py" --dataset gowalla --split test --seeds 0 "${lastfm_knobs[@]}" \
-    --tag lastfm_knobs
+python "$here/references.py" --dataset gowalla --split test --seeds 0 "${adam[@]}" --tag adam
+python "$here/references.py" --dataset gowalla --split test --seeds 0 "${adam[@]}" \
+    "${lastfm_knobs[@]}" --tag lastfm_knobs
 # The Quickstart as the README runs it (with its centralized reference), timed, alone on the
 # machine, and at the recipe's steps before tune.sh step 11 raised them (the devices' rate, then
 # the server's step): README, "LastFM: the recipe, tuned on validation data" (its last

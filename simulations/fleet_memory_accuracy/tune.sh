@@ -256,3 +256,7 @@ budgets="1371513 2140743 3537705" tune sparserec 1800 fl.l2=0.01 fl.server_lr=3 
 # alternative to the run above (its d_t sized for SGD's state, by the rule of its Adam runs).
 budgets="1371513 2140743 3537705" tune nested_dims 1800 fl.l2=0.01 fl.server_lr=3 "${longer[@]}" \
     fl.item_optimizer=sgd fl.item_lr=10
+# Random-init DST with the same step, budgets and length: every constrained method of the
+# recipe (configs/fleets/gowalla_full.toml) with a validation run on it.
+budgets="1371513 2140743 3537705" tune sparserec_no_nmf 1800 fl.l2=0.01 fl.server_lr=3 \
+    "${longer[@]}" fl.item_optimizer=sgd fl.item_lr=10

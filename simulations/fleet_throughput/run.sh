@@ -28,9 +28,13 @@ bare() {  # name, SuperNodes
 run lastfm_auto configs/fleets/lastfm.toml --set fl.rounds=10 --set fl.nmf_rounds=2
 run lastfm_one_per_node configs/fleets/lastfm.toml --set fl.rounds=3 --set fl.nmf_rounds=2 \
     --set fl.devices_per_node=1
+# Gowalla as measured: the devices' Adam item step at 2 / 4 / 8 MB (the recipe before its SGD
+# item step).
+adam=(--set fl.item_optimizer=adam --set fl.tiers.wot.budget_bytes=2000000
+      --set fl.tiers.phone.budget_bytes=4000000 --set fl.tiers.flagship.budget_bytes=8000000)
 run gowalla_sampled configs/fleets/gowalla_full.toml --set fl.rounds=5 --set fl.nmf_rounds=1 \
-    --set fl.clients_per_round=3000 --set fl.mask_interval=2 --set fl.eval_every=0
+    --set fl.clients_per_round=3000 --set fl.mask_interval=2 --set fl.eval_every=0 "${adam[@]}"
 run gowalla_all configs/fleets/gowalla_full.toml --set fl.rounds=1 --set fl.nmf_rounds=1 \
-    --set fl.clients_per_round=0 --set fl.mask_interval=2 --set fl.eval_every=10
+    --set fl.clients_per_round=0 --set fl.mask_interval=2 --set fl.eval_every=10 "${adam[@]}"
 bare bare_flower_2 2
 bare bare_flower_1878 1878
